@@ -1,0 +1,3 @@
+from effv2.cli.main import main
+
+raise SystemExit(main())

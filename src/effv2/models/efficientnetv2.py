@@ -1,0 +1,111 @@
+"""One generic builder: an :class:`ArchSpec` in, an EfficientNetV2 network out."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .blocks import BLOCKS, ConvBNAct
+from .spec import ArchSpec, ModelCard
+
+
+class EfficientNetV2(nn.Module):
+    """stem -> stages of (Fused-)MBConv blocks -> 1x1 head conv -> pool -> dropout -> linear.
+
+    Uniform API (as timm): ``forward_features`` returns the head's feature map (B, head, H/32, W/32),
+    ``forward_head(x, pre_logits=False)`` pools and classifies, ``reset_classifier(n)`` swaps the head.
+    """
+
+    def __init__(self, spec: ArchSpec, num_classes: int = 1000, in_chans: int = 3,
+                 drop_rate: float = 0.2, drop_path_rate: float = 0.2,
+                 card: ModelCard | None = None) -> None:
+        super().__init__()
+        if num_classes < 0:
+            raise ValueError(f"num_classes: expected >= 0, got {num_classes}")
+        if in_chans < 1:
+            raise ValueError(f"in_chans: expected >= 1, got {in_chans}")
+        if not 0 <= drop_rate < 1:
+            raise ValueError(f"drop_rate: expected a value in [0, 1), got {drop_rate}")
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate: expected a value in [0, 1), got {drop_path_rate}")
+        self.spec = spec
+        self.card = card
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_path_rate = drop_path_rate
+        bn = dict(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum, padding=spec.padding)
+
+        self.stem = ConvBNAct(in_chans, spec.stem_channels, 3, spec.stem_stride, **bn)
+        rows = spec.scaled_stages()
+        total = sum(r.repeats for r in rows)
+        in_ch, idx, stages = spec.stem_channels, 0, []
+        for row in rows:
+            blocks = []
+            for j in range(row.repeats):
+                # Stochastic depth grows linearly with block index: rate * idx / total (official).
+                blocks.append(BLOCKS[row.block](
+                    in_ch, row.out, expand=row.expand, kernel=row.kernel,
+                    stride=row.stride if j == 0 else 1, se=row.se,
+                    drop_path=drop_path_rate * idx / total, **bn))
+                in_ch, idx = row.out, idx + 1
+            stages.append(nn.Sequential(*blocks))
+        self.blocks = nn.Sequential(*stages)
+        self.num_features = spec.head_channels
+        self.head = ConvBNAct(in_ch, self.num_features, 1, **bn)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # fan-out init of the official code: N(0, sqrt(2 / fan_out)), groups accounted for.
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        self._init_classifier()
+
+    def _init_classifier(self) -> None:
+        if isinstance(self.classifier, nn.Linear):
+            bound = 1.0 / math.sqrt(self.classifier.out_features)
+            nn.init.uniform_(self.classifier.weight, -bound, bound)
+            nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def drop_rate(self) -> float:
+        return self.dropout.p
+
+    def set_drop_rate(self, p: float) -> None:
+        """Dropout before the classifier; progressive learning changes it from stage to stage."""
+        self.dropout.p = float(p)
+
+    def set_drop_path_rate(self, rate: float) -> None:
+        """Re-spread stochastic depth linearly over the blocks with a new final rate."""
+        blocks = [b for stage in self.blocks for b in stage]
+        for idx, b in enumerate(blocks):
+            if b.has_skip:
+                b.drop_path.p = rate * idx / len(blocks)
+        self.drop_path_rate = rate
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_classifier()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, F, h, w)
+        return self.head(self.blocks(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x).flatten(1)  # (B, F)
+        x = self.dropout(x)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
