@@ -1,0 +1,261 @@
+"""Augmentations: whole-batch tensor ops for in-memory sets, torchvision v2 pipelines for files.
+
+Every function that draws random numbers takes a ``torch.Generator`` or runs inside
+``order.seeded_cpu_rng``: callers derive its seed from (seed, epoch, batch, rank), so the result
+is a pure function of those.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+from torchvision.transforms import v2
+
+# RandAugment draws one op for a whole tensor batch, so in-memory batches are augmented in chunks
+# of this many samples: a batch of 256 gets 32 independent op draws. Smaller chunks cost more
+# Python calls per batch (8 measured at about 7 ms per 256 images at 28 px on this 2-core CPU).
+RANDAUG_CHUNK = 8
+
+# RandAugment's fill for pixels moved in from outside the image: the official code's 128.
+RANDAUG_FILL = 128
+
+CROPS = ("auto", "pad_crop", "random_resized", "none")
+
+
+# --------------------------------------------------------------------------- RandAugment
+class _Magnitude:
+    """One op's magnitude at ``m`` on the official 0-10 scale, as the 1-element tensor RandAugment indexes.
+
+    A picklable callable (not a lambda) so the transform can go to spawned loader workers.
+    """
+
+    # ops whose value has a hard limit once extrapolated past 10
+    _FACTOR_OPS = ("Brightness", "Color", "Contrast", "Sharpness")  # factor 1 +- v must stay > 0
+
+    def __init__(self, name: str, m: float) -> None:
+        self.name, self.m = name, m
+        self._cache: dict[tuple[int, int], torch.Tensor | None] = {}  # (height, width) -> value
+
+    def __call__(self, num_bins: int, height: int, width: int) -> torch.Tensor | None:
+        key = (height, width)
+        if key not in self._cache:
+            self._cache[key] = self._value(height, width)
+        return self._cache[key]
+
+    def _value(self, height: int, width: int) -> torch.Tensor | None:
+        base_fn = v2.RandAugment._AUGMENTATION_SPACE[self.name][0]  # looked up, not stored: lambdas do not pickle
+        values = base_fn(11, height, width)  # torchvision's range at m = 0, 1, ..., 10
+        if values is None:
+            return None
+        v0, v10 = float(values[0]), float(values[10])
+        v = v0 + (v10 - v0) * self.m / 10.0
+        if self.name in self._FACTOR_OPS:
+            v = min(v, 0.99)
+        elif self.name == "Solarize":
+            v = min(max(v, 0.0), 1.0)
+        elif self.name == "Posterize":
+            return torch.tensor([int(min(max(round(v), 1), 8))])
+        return torch.tensor([v])
+
+
+class ScaledRandAugment(v2.RandAugment):
+    """torchvision's RandAugment with the magnitude on the official code's scale.
+
+    ``magnitude`` is a float where 10 is torchvision's largest value for each op (its magnitude
+    30 of 31 bins: rotate 30 degrees, shear 0.3, ...) and larger values extrapolate linearly,
+    as the official code does (the paper's schedules reach 15-25). Where an op has a hard limit
+    the value is clamped: enhance factors 1 +- 0.99, solarize threshold 0-255, posterize >= 1 bit.
+    Torchvision's bin index cannot go past its bin count, hence this subclass; the ops themselves
+    are torchvision's.
+    """
+
+    def __init__(self, num_ops: int, magnitude: float, fill: int = RANDAUG_FILL) -> None:
+        if num_ops < 0 or magnitude < 0:
+            raise ValueError(f"num_ops and magnitude must be >= 0, got {num_ops}, {magnitude}")
+        super().__init__(num_ops=num_ops, magnitude=0, num_magnitude_bins=1, fill=fill)
+        # instance attribute shadows the class table; index 0 of each 1-element tensor is used
+        self._AUGMENTATION_SPACE = {
+            name: (_Magnitude(name, float(magnitude)), signed)
+            for name, (_, signed) in v2.RandAugment._AUGMENTATION_SPACE.items()
+        }
+        self.scaled_magnitude = float(magnitude)
+
+
+def randaugment_chunks(x: torch.Tensor, ra: ScaledRandAugment, chunk: int = RANDAUG_CHUNK) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> uint8 (B, C, H, W), an independent op draw per chunk of samples."""
+    return torch.cat([ra(part) for part in x.split(chunk)])
+
+
+# --------------------------------------------------------------------------- batch crops and resizes
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Index into 0..n-1 by reflection (the 'reflect' padding mode: -1 -> 1, n -> n-2)."""
+    i = i.abs()
+    return torch.where(i >= n, 2 * (n - 1) - i, i)
+
+
+def pad_crop_flip(x: torch.Tensor, gen: torch.Generator, *, pad: int, hflip: bool) -> torch.Tensor:
+    """Reflect-pad by ``pad``, random-crop back to (H, W), random horizontal flip; any dtype.
+
+    Done as two gathers with per-sample index rows, without materialising the padded batch.
+    """
+    B, C, H, W = x.shape
+    shift_y = torch.randint(-pad, pad + 1, (B,), generator=gen) if pad else torch.zeros(B, dtype=torch.int64)
+    shift_x = torch.randint(-pad, pad + 1, (B,), generator=gen) if pad else torch.zeros(B, dtype=torch.int64)
+    rows = _reflect(shift_y[:, None] + torch.arange(H), H)  # (B, H)
+    cols = _reflect(shift_x[:, None] + torch.arange(W), W)  # (B, W)
+    if hflip:
+        flip = torch.rand(B, generator=gen) < 0.5
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    rows, cols = rows.to(x.device), cols.to(x.device)
+    x = x.gather(2, rows[:, None, :, None].expand(B, C, H, W))
+    return x.gather(3, cols[:, None, None, :].expand(B, C, H, W))
+
+
+def random_resized_boxes(
+    B: int,
+    H: int,
+    W: int,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    tries: int = 10,
+) -> torch.Tensor:
+    """float (B, 4) crop boxes x1, y1, x2, y2 drawn as torchvision's RandomResizedCrop does, vectorised.
+
+    Up to ``tries`` candidate (area, aspect) draws per sample, the first that fits is used,
+    else the whole image clamped to the ratio range (torchvision's fallback).
+    """
+    area = H * W
+    target = area * torch.empty(B, tries).uniform_(scale[0], scale[1], generator=gen)
+    log_r = torch.empty(B, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((B,), -1))
+    in_ratio = W / H
+    if in_ratio < ratio[0]:
+        fw, fh = W, round(W / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(H * ratio[1]), H
+    else:
+        fw, fh = W, H
+    pick = first.clamp(min=0)[:, None]
+    cw = torch.where(first >= 0, w.gather(1, pick)[:, 0], torch.full((B,), float(fw)))
+    ch = torch.where(first >= 0, h.gather(1, pick)[:, 0], torch.full((B,), float(fh)))
+    u = torch.rand(B, 2, generator=gen)
+    top = torch.where(first >= 0, (u[:, 0] * (H - ch + 1)).floor(), ((H - ch) / 2).round())
+    left = torch.where(first >= 0, (u[:, 1] * (W - cw + 1)).floor(), ((W - cw) / 2).round())
+    return torch.stack([left, top, left + cw, top + ch], dim=1)
+
+
+def random_resized_crop_flip(x: torch.Tensor, gen: torch.Generator, *, size: int, hflip: bool) -> torch.Tensor:
+    """(B, C, H, W) -> float (B, C, size, size): per-sample RandomResizedCrop (+ flip) in one op.
+
+    roi_align with aligned=True samples the box exactly, bilinearly, averaging ceil(box / size)
+    points per output pixel, so a downscale is anti-aliased.
+    """
+    B, C, H, W = x.shape
+    boxes = random_resized_boxes(B, H, W, gen)
+    flip = torch.rand(B, generator=gen) < 0.5 if hflip else None
+    rois = torch.cat([torch.arange(B, dtype=torch.float32)[:, None], boxes], dim=1).to(x.device)
+    out = roi_align(x.float(), rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    if flip is not None:
+        out = torch.where(flip.to(x.device)[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> float (B, C, size, size), bilinear, anti-aliased when shrinking."""
+    if x.shape[-2:] == (size, size):
+        return x.float()
+    shrink = size < x.shape[-2] or size < x.shape[-1]
+    return F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.uint8 else x.round().clamp_(0, 255).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------- MixUp / CutMix
+def mix_batch(
+    x: torch.Tensor, y: torch.Tensor, *, mixup_alpha: float, cutmix_alpha: float, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float (B, C, H, W), int64 (B,) -> mixed images, float (B, num_classes) soft targets.
+
+    With both alphas > 0 the first half of the batch gets MixUp and the second half CutMix, as
+    the official EfficientNetV2 code does; each half mixes within itself (torchvision's MixUp /
+    CutMix pair each sample with its neighbour). Call inside ``seeded_cpu_rng``.
+    """
+    mixers: list[tuple[slice, v2.Transform]] = []
+    B = x.shape[0]
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        half = B // 2
+        mixers = [
+            (slice(0, half), v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)),
+            (slice(half, B), v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)),
+        ]
+    elif mixup_alpha > 0:
+        mixers = [(slice(0, B), v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))]
+    elif cutmix_alpha > 0:
+        mixers = [(slice(0, B), v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))]
+    if not mixers:
+        return x, y
+    xs, ys = [], []
+    for part, mixer in mixers:
+        if part.stop - part.start == 0:
+            continue
+        xp, yp = mixer(x[part], y[part])
+        xs.append(xp)
+        ys.append(yp)
+    return torch.cat(xs), torch.cat(ys).float()
+
+
+# --------------------------------------------------------------------------- normalisation
+def norm_stats(
+    mean: Sequence[float], std: Sequence[float], channels: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of shape (1, C|1, 1, 1) so that normalise(x) = x * scale - shift for x in 0..255."""
+    if len(mean) not in (1, channels) or len(std) not in (1, channels) or any(s <= 0 for s in std):
+        raise ValueError(f"mean/std need 1 or {channels} values and std > 0, got {tuple(mean)}, {tuple(std)}")
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * s), m / s
+
+
+# --------------------------------------------------------------------------- per-sample file pipelines
+def file_train_transform(
+    *, image_size: int, crop: str, hflip: bool, randaug_ops: int, randaug_magnitude: float
+) -> v2.Compose:
+    """uint8 (3, H, W) of any size -> uint8 (3, S, S), torchvision v2 per sample."""
+    steps: list[v2.Transform] = []
+    if crop in ("auto", "random_resized"):
+        steps.append(v2.RandomResizedCrop(image_size, antialias=True))
+    elif crop == "pad_crop":
+        steps += [
+            v2.Resize((image_size, image_size), antialias=True),
+            v2.RandomCrop(image_size, padding=image_size // 8, padding_mode="reflect"),
+        ]
+    else:
+        steps.append(v2.Resize((image_size, image_size), antialias=True))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if randaug_ops > 0 and randaug_magnitude > 0:
+        steps.append(ScaledRandAugment(randaug_ops, randaug_magnitude))
+    return v2.Compose(steps)
+
+
+# Eval resize: below this size the shorter side goes to size / EVAL_CROP_PCT, then a centre crop
+# (the official code's rule: centre-crop only below 320 px); from it up, a direct resize.
+EVAL_CROP_PCT = 0.875
+EVAL_CENTER_CROP_BELOW = 320
+
+
+def file_eval_transform(image_size: int) -> v2.Compose:
+    if image_size < EVAL_CENTER_CROP_BELOW:
+        return v2.Compose([v2.Resize(int(image_size / EVAL_CROP_PCT), antialias=True), v2.CenterCrop(image_size)])
+    return v2.Compose([v2.Resize((image_size, image_size), antialias=True)])
