@@ -19,6 +19,12 @@ BLOCK_TYPES: tuple[str, ...] = ("mbconv", "fused")
 PADDINGS: tuple[str, ...] = ("symmetric", "tf_same")
 
 
+def format_number(x: float) -> str:
+    """Short form of a ratio or multiplier that parses back to the same float ("1.1", "0.25", "1.140625")."""
+    text = f"{x:g}"
+    return text if float(text) == float(x) else repr(float(x))
+
+
 class SpecError(ValueError):
     """An architecture spec that cannot be built. The message names the field and the problem."""
 
@@ -69,7 +75,7 @@ class Stage:
 
     def to_str(self) -> str:
         """Compact form, e.g. ``fused_e4_k3_s2_se0_c48_r4`` (derived from the row, never parsed as truth)."""
-        se = f"{self.se:g}"
+        se = format_number(self.se)
         return f"{self.block}_e{self.expand}_k{self.kernel}_s{self.stride}_se{se}_c{self.out}_r{self.repeats}"
 
     @classmethod
@@ -188,9 +194,9 @@ class ArchSpec:
         parts = [f"stem{self.stem}/s{self.stem_stride}", *(s.to_str() for s in self.stages),
                  f"head{self.head}"]
         if self.width_mult != 1.0:
-            parts.append(f"w{self.width_mult:g}")
+            parts.append(f"w{format_number(self.width_mult)}")
         if self.depth_mult != 1.0:
-            parts.append(f"d{self.depth_mult:g}")
+            parts.append(f"d{format_number(self.depth_mult)}")
         return "|".join(parts)
 
     @classmethod
