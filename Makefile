@@ -4,11 +4,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.effv2-installed
 
+# Data for the demo and the tests: ../shared/data when it exists (CI), else the usual lookup
+# (--data-dir, $EFFV2_DATA, /usr/share/datasets/...). Never required: see README.
+SHARED_DATA := $(wildcard ../shared/data)
+ifneq ($(SHARED_DATA),)
+export EFFV2_DATA ?= $(abspath $(SHARED_DATA))
+endif
+
 .PHONY: demo test venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 

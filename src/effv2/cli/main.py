@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..models.spec import SpecError
 
 # name -> module under effv2.cli; each module has add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("models", "convert", "train", "eval", "predict", "demo", "bench", "search", "scale")
+COMMANDS = ("models", "recipes", "convert", "train", "eval", "predict", "demo", "bench", "search", "scale")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, SpecError) as exc:
         print(f"effv2 {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from ..training.trainer import NonFiniteError
+
+        if not isinstance(exc, NonFiniteError):
+            raise
+        print(f"effv2 {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"effv2 {args.command}: interrupted", file=sys.stderr)
         return 130

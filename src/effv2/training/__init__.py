@@ -1,0 +1,1 @@
+"""Training: recipes, schedules, optimizers and the progressive trainer (import the submodules)."""

@@ -1,0 +1,109 @@
+"""`train(...)`: the one entry point behind `effv2 train`, the demo, the benchmarks and the search.
+
+Order matters: everything a user can get wrong (model, recipe keys, data path, sizes) is checked
+before any work starts, so mistakes cost seconds and print one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..data.sources import DataBundle, load_source
+from ..errors import UsageError
+from ..io.atomic import atomic_write_text
+from ..models import get_card
+from .distributed import cleanup, init_distributed
+from .recipe import Recipe, recipe_from_dict, recipe_to_dict, resolve_recipe
+from .trainer import Trainer, resolve_device
+
+
+def _validate(recipe: Recipe, model: str, bundle: DataBundle) -> None:
+    card = get_card(model)
+    stride = card.spec.total_stride
+    p = recipe.progressive
+    smallest = p.min_size if p.enabled else (p.max_size or card.train_size)
+    if smallest < stride:
+        raise UsageError(f"progressive.min_size={smallest} px is smaller than {model}'s total stride {stride}")
+    if (recipe.eval_size or card.eval_size) < stride:
+        raise UsageError(f"eval_size={recipe.eval_size or card.eval_size} px is smaller than {model}'s total stride {stride}")
+    if recipe.batch_size > len(bundle.train):
+        raise UsageError(f"batch_size={recipe.batch_size} is larger than the training set ({len(bundle.train)} images)")
+
+
+def _config_path(out_dir: Path) -> Path:
+    return out_dir / "config.json"
+
+
+def train(model: str | None, data: str | DataBundle | None, out_dir: str | Path, *, recipe: str | None = None,
+          overrides: list[str] | dict | None = None, data_dir: str | None = None, seed: int | None = None,
+          epochs: int | None = None, quiet: bool = False, deterministic: bool | None = None,
+          resume: bool = False, device: str = "auto", download: bool = False) -> dict[str, Any]:
+    """Train ``model`` on ``data`` into ``out_dir`` and return the run's summary.
+
+    With ``resume=True`` the model, data and recipe come from ``out_dir/config.json`` and training
+    continues from ``out_dir/checkpoints/last.safetensors``.
+    """
+    out = Path(out_dir)
+    if resume:
+        cfg_file = _config_path(out)
+        if not cfg_file.is_file():
+            raise UsageError(f"{out}: not a run folder to resume (no config.json)")
+        cfg = json.loads(cfg_file.read_text())
+        model, source = cfg["model"], cfg["data"]
+        rec = recipe_from_dict(cfg["recipe"])
+        data_dir = data_dir or cfg.get("data_dir")
+        bundle = data if isinstance(data, DataBundle) else None
+    else:
+        if model is None or data is None:
+            raise UsageError("--model and --data are required (or --resume RUN_DIR)")
+        get_card(model)  # unknown model -> one-line error before anything else
+        source = data.source if isinstance(data, DataBundle) else str(data)
+        dataset_key = source if not isinstance(data, DataBundle) else data.source
+        extra = dict(overrides) if isinstance(overrides, dict) else list(overrides or [])
+        if isinstance(extra, dict):
+            if seed is not None:
+                extra["seed"] = seed
+            if epochs is not None:
+                extra["epochs"] = epochs
+            if deterministic is not None:
+                extra["deterministic"] = deterministic
+        else:
+            extra += [f"seed={seed}"] if seed is not None else []
+            extra += [f"epochs={epochs}"] if epochs is not None else []
+            extra += [f"deterministic={'true' if deterministic else 'false'}"] if deterministic is not None else []
+        rec, provenance = resolve_recipe(recipe, model=model, dataset=dataset_key, overrides=extra)
+        bundle = data if isinstance(data, DataBundle) else None
+    if bundle is None:
+        bundle = load_source(source, data_dir=data_dir, download=download, val_fraction=rec.val_fraction,
+                             split_seed=rec.seed)
+    _validate(rec, model, bundle)
+    if rec.batch_size % int(os.environ.get("WORLD_SIZE", "1")):
+        raise UsageError(f"batch_size={rec.batch_size} is not divisible by the {os.environ['WORLD_SIZE']} processes")
+
+    dev = resolve_device(device)
+    dist = init_distributed(dev.type)
+    if dev.type == "cuda" and dist.enabled:
+        dev = torch.device("cuda", dist.local_rank)
+    try:
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                if (out / "checkpoints" / "last.safetensors").exists():
+                    raise UsageError(f"{out} already holds a run; use --resume {out} or another --out")
+                config = {"model": model, "data": source, "data_dir": data_dir, "recipe": recipe_to_dict(rec),
+                          "layers": provenance, "effv2_version": __version__, "torch_version": torch.__version__,
+                          "world_size": dist.world_size, "device": str(dev)}
+                atomic_write_text(_config_path(out), json.dumps(config, indent=2) + "\n")
+                for stale in ("metrics.jsonl", "skipped.jsonl"):
+                    (out / stale).unlink(missing_ok=True)
+        trainer = Trainer(recipe=rec, model_name=model, bundle=bundle, out_dir=out, dist=dist, device=dev,
+                          quiet=quiet, resume=resume)
+        return trainer.fit()
+    finally:
+        cleanup(dist)

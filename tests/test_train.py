@@ -1,0 +1,223 @@
+"""End-to-end training: run folder contents, progressive stages, resume exactness, CLI, torchrun."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from effv2.cli.main import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
+FAST = ["epochs=2", "batch_size=32", "eval_batch_size=128", "progressive.n_stages=2", "progressive.min_size=16",
+        "progressive.max_size=24", "eval_size=24", "amp=none", "ema_decay=0.9", "num_workers=0",
+        "progressive.randaug_max=5", "progressive.mixup_max=0.2"]
+
+
+def _write_idx(path: Path, arr: torch.Tensor) -> None:
+    dims = list(arr.shape)
+    header = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + arr.numpy().tobytes())
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    b = gzip.open(path).read()
+    nd = b[3]
+    dims = [int.from_bytes(b[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
+    return torch.frombuffer(bytearray(b[4 + 4 * nd:]), dtype=torch.uint8).view(*dims)
+
+
+@pytest.fixture(scope="session")
+def tiny_fmnist(tmp_path_factory) -> Path:
+    """A 256-train / 128-test Fashion-MNIST in the Debian layout (real images, so it is learnable)."""
+    if not SHARED.is_dir():
+        pytest.skip("shared Fashion-MNIST not available")
+    d = tmp_path_factory.mktemp("fmnist")
+    for split, n in (("train", 256), ("t10k", 128)):
+        _write_idx(d / f"{split}-images-idx3-ubyte.gz", _read_idx(SHARED / f"{split}-images-idx3-ubyte.gz")[:n])
+        _write_idx(d / f"{split}-labels-idx1-ubyte.gz", _read_idx(SHARED / f"{split}-labels-idx1-ubyte.gz")[:n])
+    return d
+
+
+def _train(tmp: Path, data_dir: Path, name: str, extra: list[str] = (), *more: str) -> tuple[int, Path]:
+    out = tmp / name
+    args = ["train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist", "--data-dir", str(data_dir),
+            "--out", str(out), "--quiet", *more]
+    for s in [*FAST, *extra]:
+        args += ["--set", s]
+    return main(args), out
+
+
+def test_run_folder_has_what_a_user_expects(tmp_path, tiny_fmnist):
+    rc, out = _train(tmp_path, tiny_fmnist, "run")
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == "efficientnetv2_pico" and cfg["recipe"]["epochs"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for key in ("epoch", "stage", "image_size", "top1", "top5", "loss", "lr", "images_seen", "wall_s"):
+        assert key in rows[0]
+    # progressive: two stages, growing image size, growing regularisation
+    assert [r["stage"] for r in rows] == [0, 1]
+    assert rows[0]["image_size"] == 16 and rows[1]["image_size"] == 24
+    assert rows[0]["randaug"] < rows[1]["randaug"]
+    assert rows[1]["images_seen"] == 2 * (256 // 32) * 32
+    assert 0 <= rows[-1]["top1"] <= 100 and rows[-1]["top5"] >= rows[-1]["top1"]
+    assert (out / "checkpoints" / "last.safetensors").is_file()
+    assert (out / "checkpoints" / "best.safetensors").is_file()
+    assert (out / "curves.png").stat().st_size > 1000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 2 and "test_top1" in summary
+
+
+def test_eval_and_predict_cli(tmp_path, tiny_fmnist, capsys):
+    rc, out = _train(tmp_path, tiny_fmnist, "run")
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data", "fashion-mnist", "--data-dir", str(tiny_fmnist),
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n"] == 128 and 0 <= res["top1"] <= res["top5"] <= 100
+    # the final summary's test accuracy is the same number eval reports for the best checkpoint's weights
+    from PIL import Image
+
+    img = tmp_path / "shirt.png"
+    Image.fromarray(_read_idx(tiny_fmnist / "t10k-images-idx3-ubyte.gz")[0].numpy()).save(img)
+    assert main(["predict", "--checkpoint", str(out), str(img), "--top-k", "3", "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    probs = [p["prob"] for p in pred[0]["top"]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert pred[0]["top"][0]["class"] in {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                          "Sneaker", "Bag", "Ankle boot"} | {str(i) for i in range(10)}
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(str(path)).items() if k.startswith(("model/", "ema/", "optim/"))}
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "effv2", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_killed_and_resumed_run_is_bitwise_exact(tmp_path, tiny_fmnist):
+    """SIGKILL mid-epoch (step 5 of 8, last checkpoint at step 3), resume: same weights as uninterrupted."""
+    extra = ["deterministic=true", "checkpoint_every_steps=3"]
+    rc, full = _train(tmp_path, tiny_fmnist, "full", extra)
+    assert rc == 0
+    part = tmp_path / "part"
+    args = ["train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist", "--data-dir", str(tiny_fmnist),
+            "--out", str(part), "--quiet"]
+    for s in [*FAST, *extra]:
+        args += ["--set", s]
+    killed = _cli(*args, env={"EFFV2_FAULT_KILL_AT_STEP": "5"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = _cli("train", "--resume", str(part), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _weights(full / "checkpoints" / "last.safetensors"), _weights(part / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, tiny_fmnist, capsys):
+    assert main(["train", "--model", "nope", "--data", "fashion-mnist", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown model 'nope'" in err[0]
+    rc, _ = _train(tmp_path, tiny_fmnist, "y", ["no_such_key=1"])
+    assert rc == 2 and "no_such_key" in capsys.readouterr().err
+    rc, _ = _train(tmp_path, tiny_fmnist, "z", ["batch_size=100000"])
+    assert rc == 2 and "batch_size" in capsys.readouterr().err
+    rc, _ = _train(tmp_path, tiny_fmnist, "w", ["progressive.min_size=2"])
+    assert rc == 2 and "min_size" in capsys.readouterr().err
+    assert main(["train", "--model", "efficientnetv2_pico", "--data", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "v")]) == 2
+
+
+def test_torchrun_two_cpu_processes(tmp_path, tiny_fmnist):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "effv2", "train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist",
+           "--data-dir", str(tiny_fmnist), "--out", str(out), "--quiet"]
+    for s in [*FAST, "epochs=1"]:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1  # one writer: rank 0
+    assert rows[0]["images_seen"] == (256 // 32) * 32  # the global batch is split over the 2 ranks
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["world_size"] == 2
+
+
+def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_fmnist, monkeypatch, capsys):
+    from effv2.training import trainer as trainer_mod
+
+    real = trainer_mod.Trainer.loss_fn
+    calls = {"n": 0}
+
+    def flaky(self, logits, y):
+        calls["n"] += 1
+        loss = real(self, logits, y)
+        if calls["n"] == 2:  # one bad step: skipped, counted, training goes on
+            return loss * float("nan")
+        if calls["n"] >= 12:  # from the second epoch on: every step bad -> stop after 3 in a row
+            return loss * float("inf")
+        return loss
+
+    monkeypatch.setattr(trainer_mod.Trainer, "loss_fn", flaky)
+    rc, out = _train(tmp_path, tiny_fmnist, "nan", ["max_nonfinite_steps=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1
+    assert "3 non-finite steps in a row" in err[0] and "rank 0" in err[0] and "batch" in err[0]
+    from effv2.io.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out / "checkpoints" / "last.safetensors", restore_rng_state=False)
+    assert ckpt.state["epoch"] == 1 and ckpt.state["nonfinite_total"] == 1  # the end-of-epoch-1 checkpoint, intact
+    assert ckpt.state["global_step"] == 7  # 8 batches, one skipped
+
+
+@pytest.mark.slow
+def test_random_sigkills_then_resume_match_uninterrupted(tmp_path, tiny_fmnist):
+    """The long reliability check: SIGKILL at random wall-clock moments (mid-step, mid-save), resume each time."""
+    import random
+    import signal
+    import time
+
+    extra = ["deterministic=true", "checkpoint_every_steps=2", "epochs=3"]
+    rc, full = _train(tmp_path, tiny_fmnist, "full", extra)
+    assert rc == 0
+    part = tmp_path / "part"
+    args = ["train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist", "--data-dir", str(tiny_fmnist),
+            "--out", str(part), "--quiet"]
+    for s in [*FAST, *extra]:
+        args += ["--set", s]
+    rng = random.Random(1234)
+    kills = 0
+    for attempt in range(6):
+        cmd = args if attempt == 0 else ["train", "--resume", str(part), "--quiet"]
+        proc = subprocess.Popen([sys.executable, "-m", "effv2", *cmd], stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(4.0, 12.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if proc.returncode == 0:
+            break
+    done = _cli("train", "--resume", str(part), "--quiet")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert kills >= 1
+    a, b = _weights(full / "checkpoints" / "last.safetensors"), _weights(part / "checkpoints" / "last.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
