@@ -221,3 +221,30 @@ def test_random_sigkills_then_resume_match_uninterrupted(tmp_path, tiny_fmnist):
     a, b = _weights(full / "checkpoints" / "last.safetensors"), _weights(part / "checkpoints" / "last.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_init_from_weights_for_fine_tuning(tmp_path, tiny_fmnist):
+    rc, first = _train(tmp_path, tiny_fmnist, "first", ["epochs=1"])
+    assert rc == 0
+    rc, tuned = _train(tmp_path, tiny_fmnist, "tuned", ["epochs=1", "lr=1e-30", "warmup_epochs=0", "ema_decay=0"], "--init", str(first))
+    assert rc == 0
+    from effv2.training.inference import load_for_inference
+
+    a = load_for_inference(first).model.state_dict()
+    b = load_for_inference(tuned).model.state_dict()
+    convs = [k for k in a if k.endswith("conv.weight")]
+    assert convs and all(torch.equal(a[k], b[k]) for k in convs)  # lr ~0: the init weights, untouched
+    assert json.loads((tuned / "config.json").read_text())["init"] == str(first)
+
+
+def test_adapt_rgb_weights_to_grayscale_and_new_classes():
+    from effv2 import create_model
+    from effv2.training.trainer import adapt_and_load
+
+    src = create_model("efficientnetv2_pico", num_classes=1000, in_chans=3)
+    dst = create_model("efficientnetv2_pico", num_classes=10, in_chans=1)
+    head = dst.classifier.weight.clone()
+    adapt_and_load(dst, src.state_dict(), "src")
+    assert torch.equal(dst.stem.conv.weight, src.stem.conv.weight.sum(1, keepdim=True))
+    assert torch.equal(dst.classifier.weight, head)  # 1000 -> 10 classes: the new head is kept
+    assert torch.equal(dst.blocks[1][0].expand.conv.weight, src.blocks[1][0].expand.conv.weight)

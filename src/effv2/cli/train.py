@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model-spec", metavar="FILE", help="an architecture spec JSON (from search or scale)")
     p.add_argument("--data", help="fashion-mnist | cifar10 | cifar100 | flowers102 | stanford-cars | image folder | CSV")
     p.add_argument("--out", help="run folder (config.json, metrics.jsonl, checkpoints/, curves.png)")
+    p.add_argument("--init", metavar="WEIGHTS", help="start from these weights (fine-tuning): an `effv2 convert` "
+                   "output, a run folder or a checkpoint; the classifier is replaced when the class count differs")
     p.add_argument("--recipe", help="recipe name (see docs) or a recipe JSON file")
     p.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -49,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--model (or --model-spec), --data and --out are required")
     train(model, args.data, args.out, recipe=args.recipe, overrides=args.overrides, data_dir=args.data_dir,
           seed=args.seed, epochs=args.epochs, deterministic=args.deterministic, quiet=args.quiet,
-          device=args.device, download=args.download)
+          device=args.device, download=args.download, init=args.init)
     return 0

@@ -43,7 +43,8 @@ def _config_path(out_dir: Path) -> Path:
 def train(model: str | None, data: str | DataBundle | None, out_dir: str | Path, *, recipe: str | None = None,
           overrides: list[str] | dict | None = None, data_dir: str | None = None, seed: int | None = None,
           epochs: int | None = None, quiet: bool = False, deterministic: bool | None = None,
-          resume: bool = False, device: str = "auto", download: bool = False) -> dict[str, Any]:
+          resume: bool = False, device: str = "auto", download: bool = False,
+          init: str | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data`` into ``out_dir`` and return the run's summary.
 
     With ``resume=True`` the model, data and recipe come from ``out_dir/config.json`` and training
@@ -55,7 +56,7 @@ def train(model: str | None, data: str | DataBundle | None, out_dir: str | Path,
         if not cfg_file.is_file():
             raise UsageError(f"{out}: not a run folder to resume (no config.json)")
         cfg = json.loads(cfg_file.read_text())
-        model, source = cfg["model"], cfg["data"]
+        model, source, init = cfg["model"], cfg["data"], cfg.get("init")
         rec = recipe_from_dict(cfg["recipe"])
         data_dir = data_dir or cfg.get("data_dir")
         bundle = data if isinstance(data, DataBundle) else None
@@ -96,14 +97,15 @@ def train(model: str | None, data: str | DataBundle | None, out_dir: str | Path,
             if not resume:
                 if (out / "checkpoints" / "last.safetensors").exists():
                     raise UsageError(f"{out} already holds a run; use --resume {out} or another --out")
-                config = {"model": model, "data": source, "data_dir": data_dir, "recipe": recipe_to_dict(rec),
+                config = {"model": model, "data": source, "data_dir": data_dir, "init": init,
+                          "recipe": recipe_to_dict(rec),
                           "layers": provenance, "effv2_version": __version__, "torch_version": torch.__version__,
                           "world_size": dist.world_size, "device": str(dev)}
                 atomic_write_text(_config_path(out), json.dumps(config, indent=2) + "\n")
                 for stale in ("metrics.jsonl", "skipped.jsonl"):
                     (out / stale).unlink(missing_ok=True)
         trainer = Trainer(recipe=rec, model_name=model, bundle=bundle, out_dir=out, dist=dist, device=dev,
-                          quiet=quiet, resume=resume)
+                          quiet=quiet, resume=resume, init=init)
         return trainer.fit()
     finally:
         cleanup(dist)

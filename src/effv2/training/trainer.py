@@ -98,6 +98,42 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_supports_bf16() else None
 
 
+def init_overrides(src_spec, model_name: str) -> dict[str, Any]:
+    """Padding and BN eps travel with converted weights (tf_ checkpoints need TF 'same' padding)."""
+    from ..models import get_card
+
+    own = get_card(model_name).spec
+    if own.scaled_stages() != src_spec.scaled_stages() or own.stem_channels != src_spec.stem_channels:
+        raise UsageError(f"--init weights are a different architecture from {model_name}; "
+                         f"convert them for the matching model")
+    return {k: getattr(src_spec, k) for k in ("padding", "bn_eps") if getattr(src_spec, k) != getattr(own, k)}
+
+
+def load_init_weights(path: str):
+    from .inference import load_for_inference
+
+    return load_for_inference(path)
+
+
+def adapt_and_load(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load pretrained weights for fine-tuning: a new classifier when the class count differs, and a
+    stem summed over its RGB filters when the data is grayscale (what timm's adapt_input_conv does)."""
+    own = model.state_dict()
+    state = dict(state)
+    for key in [k for k in state if k.startswith("classifier.")]:
+        if key not in own or own[key].shape != state[key].shape:
+            del state[key]  # keep the freshly initialised head
+    w = state.get("stem.conv.weight")
+    if w is not None and w.shape[1] != own["stem.conv.weight"].shape[1]:
+        if own["stem.conv.weight"].shape[1] != 1:
+            raise UsageError(f"{source}: stem has {w.shape[1]} input channels, the data {own['stem.conv.weight'].shape[1]}")
+        state["stem.conv.weight"] = w.sum(dim=1, keepdim=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("classifier.") for k in missing):
+        bad = (unexpected or [k for k in missing if not k.startswith("classifier.")])[0]
+        raise UsageError(f"{source}: weights do not fit the model (first differing key {bad!r})")
+
+
 def channel_stats(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
     """Fit per-channel mean/std to the data's channel count (grayscale data on an RGB card: average)."""
     if len(values) == channels:
@@ -124,13 +160,18 @@ class Trainer:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     quiet: bool = False
     resume: bool = False
+    init: str | None = None  # weights to start from (fine-tuning): effv2 convert output or a run's checkpoint
 
     # -- set-up -------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         r = self.recipe
         seed_everything(r.seed, r.deterministic)
-        self.model: EfficientNetV2 = create_model(self.model_name, num_classes=len(self.bundle.classes),
-                                                  in_chans=self.bundle.in_chans)
+        init = load_init_weights(self.init) if self.init else None
+        self.model: EfficientNetV2 = create_model(
+            self.model_name, num_classes=len(self.bundle.classes), in_chans=self.bundle.in_chans,
+            **(init_overrides(init.model.spec, self.model_name) if init else {}))
+        if init is not None and not self.resume:
+            adapt_and_load(self.model, init.model.state_dict(), str(self.init))
         self.card = self.model.card
         self.eval_size = r.eval_size or self.card.eval_size
         self.base_dropout, self.base_drop_path = self.card.dropout, self.card.drop_path
