@@ -1,0 +1,177 @@
+"""Training-aware search on Fashion-MNIST around efficientnetv2_mini, then the found model vs the
+demo model trained for the same wall time with the default recipe. About 2 hours by default.
+
+    python benchmarks/search_fmnist.py [--search-time 70m] [--train-time 20m] [--out runs/search_fmnist]
+                                       [--sampler tpe] [--workers 1] [--data-dir DIR] [--no-record]
+
+1. Search (``--search-time``): the "mini" space (block type, layers, kernel, expansion, SE per
+   stage; the backbone's channels and strides), each trial proxy-trained for ``--proxy-epochs`` at
+   ``--proxy-size`` px on a stratified ``--train-subset`` and scored on ``--val-subset`` val images
+   (never the test split); reward = A * S^-0.07 * P^-0.05 (paper section 3.3). Resumable: run the
+   same command again and finished trials are kept.
+2. Final training: the found spec (best_spec.json) and efficientnetv2_mini, each with the default
+   Fashion-MNIST recipe (fmnist-cpu) and as many epochs as fit in ``--train-time`` (estimated from a
+   timed training step at 28 px, the time budget a hard stop), evaluated on the test split.
+3. Appends the search table, the found model's stage table and the comparison to
+   benchmarks/RESULTS.md with the machine, versions and this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from effv2.models import create_model, get_card
+from effv2.models.flops import count_macs, count_params
+from effv2.search.driver import SearchConfig, open_results, parse_budget, run_search
+from effv2.search.evaluators import ProxyEvaluator
+from effv2.search.predictor import predictor_report
+from effv2.search.results import format_table, records
+from effv2.search.space import genotype, get_space
+from effv2.training.api import train
+
+HERE = Path(__file__).resolve().parent
+BACKBONE = "efficientnetv2_mini"
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return f"{torch.cuda.get_device_name(0)}"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def epochs_for(model_name: str, seconds: float, *, n_train: int, batch: int, device: str) -> tuple[int, float]:
+    """Epochs of the default recipe that fit in ``seconds``: one timed step at 28 px x steps per
+    epoch x 1.2 for data loading and evaluation (progressive stages below 28 px make it conservative)."""
+    from effv2.bench.timing import time_train_step
+
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    model = create_model(model_name, num_classes=10, in_chans=1)
+    step_s = time_train_step(model, batch_size=batch, image_size=28, in_chans=1, num_classes=10,
+                             steps=5, warmup=2, device=dev)["step_s"]
+    epoch_s = 1.2 * step_s * (n_train // batch)
+    return max(1, int(seconds // epoch_s)), epoch_s
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/search_fmnist")
+    ap.add_argument("--search-time", default="70m", help="search budget (a time, or a number of trials)")
+    ap.add_argument("--train-time", default="20m", help="wall time for each of the two final trainings")
+    ap.add_argument("--sampler", default="tpe", choices=("random", "tpe", "evolution"))
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--proxy-epochs", type=int, default=3)
+    ap.add_argument("--proxy-size", type=int, default=20)
+    ap.add_argument("--train-subset", type=int, default=12000)
+    ap.add_argument("--val-subset", type=int, default=3000)
+    ap.add_argument("--predictor-screen", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    args = ap.parse_args()
+    out = Path(args.out)
+    trials, search_s = parse_budget(args.search_time)
+    _, train_s = parse_budget(args.train_time)
+    if train_s is None:
+        ap.error("--train-time must be a time, e.g. 20m")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    # 1. the search ------------------------------------------------------------------------------
+    space = get_space("mini")
+    evaluate = ProxyEvaluator(data="fashion-mnist", backbone=BACKBONE, data_dir=args.data_dir, epochs=args.proxy_epochs,
+                              image_size=args.proxy_size, train_subset=args.train_subset, val_subset=args.val_subset,
+                              device=args.device, seed=args.seed)
+    print(space.to_table(), flush=True)
+    result = run_search(space, evaluate, SearchConfig(
+        out_dir=out, trials=trials, time_s=search_s, sampler=args.sampler, seed=args.seed, workers=args.workers,
+        predictor_screen=args.predictor_screen, threads=args.threads))
+    if result["best"] is None:
+        print("the search finished no trial; nothing to compare", file=sys.stderr)
+        return 1
+    study, _ = open_results(out)
+    rows = records(study)
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["duplicate_of"] is None]
+    pred = {m: predictor_report(done, model=m) for m in ("ridge", "mlp")} if len(done) >= 12 else {}
+
+    # 2. the found model vs the demo model, same wall time, default recipe ------------------------
+    from effv2.data.sources import load_source
+
+    n_train = len(load_source("fashion-mnist", data_dir=args.data_dir).train)
+    finals = []
+    for label, model in (("found by search", str(out / "best_spec.json")), ("efficientnetv2_mini (demo)", BACKBONE)):
+        epochs, epoch_s = epochs_for(model, train_s, n_train=n_train, batch=128, device=args.device)
+        run_dir = out / "final" / ("found" if model != BACKBONE else "mini")
+        s = train(model, "fashion-mnist", run_dir, data_dir=args.data_dir, seed=args.seed, epochs=epochs,
+                  overrides=[f"time_budget_s={train_s:g}"], quiet=True, device=args.device,
+                  resume=(run_dir / "checkpoints" / "last.safetensors").exists())
+        m = create_model(model, num_classes=10, in_chans=1)
+        finals.append({"label": label, "model": model, "params": count_params(m), "macs": count_macs(m, 28),
+                       "epochs": s["epochs"], "planned": epochs, "completed": s["completed"], "train_s": s["train_s"],
+                       "img_per_s": s["img_per_s"], "val_top1": s["top1"], "test_top1": s.get("test_top1")})
+        print(json.dumps(finals[-1]), flush=True)
+
+    # 3. the record ------------------------------------------------------------------------------
+    best_card = json.loads((out / "best_spec.json").read_text())
+    found = get_card(str(out / "best_spec.json"))
+    cmd = "python benchmarks/search_fmnist.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"## Training-aware search on Fashion-MNIST around efficientnetv2_mini ({datetime.date.today().isoformat()})",
+        "",
+        f"- command: `{cmd.strip()}`",
+        f"- machine: {machine(args.device)}; torch {torch.__version__}",
+        f"- search: sampler {args.sampler}, {result['complete']} finished trials ({result['failed']} failed), "
+        f"{args.workers} worker(s); proxy {args.proxy_epochs} epochs at {args.proxy_size} px on "
+        f"{args.train_subset} train images, scored on {args.val_subset} val images",
+        f"- reward = A * (S / S_backbone)^-0.07 * (P / P_backbone)^-0.05; found: trial {result['best']['trial']} "
+        f"`{genotype(found.spec)}` ({best_card['notes']})",
+        "",
+        "```",
+        format_table(rows, limit=10),
+        "```",
+        "",
+        "Found architecture:",
+        "",
+        "```",
+        found.spec.to_table(),
+        "```",
+        "",
+    ]
+    if pred:
+        lines += [f"- predictor on held-out trials: " + "; ".join(
+            f"{m}: Spearman {r['spearman']:.3f}, MAE {r['mae']:.2f} ({r['n_test']} test / {r['n_train']} fit)"
+            for m, r in pred.items()), ""]
+    lines += [
+        f"Final training, default recipe, {args.train_time} budget each, test split:",
+        "",
+        "| model | params | MACs @28 px | epochs (planned) | train time (s) | img/s | val top-1 (%) | test top-1 (%) |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {f['label']} | {f['params']:,} | {f['macs'] / 1e6:.1f}M | {f['epochs']} ({f['planned']}) | "
+          f"{f['train_s']:.0f} | {f['img_per_s']:.0f} | {f['val_top1']:.2f} | "
+          f"{'' if f['test_top1'] is None else format(f['test_top1'], '.2f')} |" for f in finals],
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_record:
+        with open(HERE / "RESULTS.md", "a") as fh:
+            fh.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""The search driver with injected evaluate functions (no training): reward, results, samplers,
+duplicates, failures, screening and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from effv2.cli.main import main
+from effv2.errors import UsageError
+from effv2.models import create_model
+from effv2.models.spec import ArchSpec
+from effv2.search import SearchConfig, TaskInfo, get_space, parse_budget, reward, run_search, synthetic_top1
+from effv2.search.driver import open_results
+from effv2.search.results import pareto_front, records
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SPACE = get_space("pico")
+TASK = TaskInfo(in_chans=1, num_classes=10, image_size=16, batch_size=8)
+
+
+def evaluate(spec: ArchSpec, trial_dir: Path) -> dict:
+    assert (trial_dir / "spec.json").is_file()
+    return {"top1": synthetic_top1(spec, SPACE.base), "top5": 99.0}
+
+
+def step_time(spec: ArchSpec) -> float:  # made-up device: deeper and wider is slower
+    return 1e-3 * sum(s.repeats * s.expand * (2 if s.block == "mbconv" else 1) for s in spec.stages)
+
+
+def config(tmp_path: Path, **kw) -> SearchConfig:
+    return SearchConfig(out_dir=tmp_path / "search", **{"trials": 6, "sampler": "random", "quiet": True, **kw})
+
+
+def test_budget_parsing() -> None:
+    assert parse_budget("50") == (50, None)
+    assert parse_budget("30m") == (None, 1800.0)
+    assert parse_budget("1h30m") == (None, 5400.0)
+    assert parse_budget("90s") == (None, 90.0)
+    for bad in ("0", "", "ten", "5x", "m"):
+        with pytest.raises(UsageError):
+            parse_budget(bad)
+
+
+def test_reward_is_the_papers_formula() -> None:
+    assert reward(80.0, step_s=1.0, params=100, base_step_s=1.0, base_params=100) == pytest.approx(0.8)
+    r = reward(80.0, step_s=2.0, params=300, base_step_s=1.0, base_params=100)
+    assert r == pytest.approx(0.8 * 2 ** -0.07 * 3 ** -0.05)
+    # normalising P by the backbone only rescales every reward by one constant: rankings unchanged
+    a = reward(70.0, step_s=1.0, params=50, base_step_s=1.0, base_params=1)
+    b = reward(71.0, step_s=1.2, params=80, base_step_s=1.0, base_params=1)
+    assert (a > b) == (reward(70.0, step_s=1.0, params=50, base_step_s=1.0, base_params=100)
+                       > reward(71.0, step_s=1.2, params=80, base_step_s=1.0, base_params=100))
+
+
+def test_search_writes_readable_results(tmp_path) -> None:
+    cfg = config(tmp_path)
+    out = run_search(SPACE, evaluate, cfg, step_time=step_time, task=TASK)
+    assert out["complete"] == 6 and out["failed"] == 0
+    folder = cfg.out_dir
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
+    assert [int(r["trial"]) for r in rows] == list(range(6))
+    assert rows[0]["genotype"] == "F1k3x1 F4k3x1 M4k3x1+se"  # trial 0 is the backbone
+    assert set(rows[0]) >= {"trial", "genotype", "top1", "step_ms", "params", "reward", "spec"}
+    for n in range(6):
+        assert (folder / "trials" / str(n) / "spec.json").is_file()
+        assert (folder / "trials" / str(n) / "metrics.json").is_file()
+    study, space = open_results(folder)
+    assert space == SPACE
+    recs = records(study, complete_only=True)
+    base = recs[0]
+    assert base["backbone"] and base["reward"] == pytest.approx(base["top1"] / 100)  # S = P = 1 for the backbone
+    for r in recs:
+        t = study.trials[r["trial"]]
+        a = t.user_attrs
+        expect = reward(a["top1"], step_s=a["step_s"], params=a["params"], base_step_s=base["step_s"],
+                        base_params=base["params"])
+        assert t.value == pytest.approx(expect)
+        assert a["params"] == sum(p.numel() for p in create_model(
+            str(folder / "trials" / str(r["trial"]) / "spec.json"), num_classes=10, in_chans=1).parameters())
+    # best_spec.json: a model card that create_model accepts, at the backbone's full sizes
+    card = json.loads((folder / "best_spec.json").read_text())
+    best = max(recs, key=lambda r: r["reward"])
+    assert card["spec"] == best["spec"] and card["train_size"] == SPACE.train_size
+    assert {"spec", "train_size", "eval_size", "dropout"} <= set(card)
+    model = create_model(str(folder / "best_spec.json"), num_classes=10, in_chans=1)
+    assert model(torch.randn(1, 1, 16, 16)).shape == (1, 10)
+    png = (folder / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front() -> None:
+    points = [(1, 70), (2, 80), (3, 75), (4, 85), (2, 60)]  # (step ms, top1)
+    rows = [{"trial": i, "step_ms": s, "top1": a} for i, (s, a) in enumerate(points)]
+    assert [r["trial"] for r in pareto_front(rows)] == [0, 1, 3]
+
+
+def test_rerunning_the_same_command_tops_up_without_retraining(tmp_path) -> None:
+    calls: list[str] = []
+
+    def counting(spec, trial_dir):
+        calls.append(trial_dir.name)
+        return evaluate(spec, trial_dir)
+
+    run_search(SPACE, counting, config(tmp_path, trials=3), step_time=step_time, task=TASK)
+    assert calls == ["0", "1", "2"]
+    run_search(SPACE, counting, config(tmp_path, trials=3), step_time=step_time, task=TASK)
+    assert calls == ["0", "1", "2"]  # budget already met: nothing retrained
+    run_search(SPACE, counting, config(tmp_path, trials=5), step_time=step_time, task=TASK)
+    assert calls == ["0", "1", "2", "3", "4"]
+
+
+def test_another_space_in_the_same_folder_is_refused(tmp_path) -> None:
+    run_search(SPACE, evaluate, config(tmp_path, trials=1), step_time=step_time, task=TASK)
+    with pytest.raises(UsageError, match="another space"):
+        run_search(get_space("mini"), evaluate, config(tmp_path, trials=2), step_time=step_time, task=TASK)
+
+
+def test_failed_candidates_are_recorded_and_the_search_goes_on(tmp_path) -> None:
+    def flaky(spec, trial_dir):
+        if int(trial_dir.name) in (1, 3):
+            raise RuntimeError("out of memory (pretend)")
+        return evaluate(spec, trial_dir)
+
+    out = run_search(SPACE, flaky, config(tmp_path, trials=4), step_time=step_time, task=TASK)
+    assert out["complete"] == 4 and out["failed"] == 2
+    rows = list(csv.DictReader((tmp_path / "search" / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["COMPLETE", "FAIL", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert "out of memory" in rows[1]["error"]
+
+
+def test_usage_errors_stop_the_search_at_once(tmp_path) -> None:
+    def broken(spec, trial_dir):
+        raise UsageError("recipe key 'epoch' unknown")
+
+    with pytest.raises(UsageError, match="epoch"):
+        run_search(SPACE, broken, config(tmp_path), step_time=step_time, task=TASK)
+
+
+def test_same_choices_are_not_trained_twice(tmp_path) -> None:
+    calls: list[str] = []
+
+    def counting(spec, trial_dir):
+        calls.append(spec.to_str())
+        return evaluate(spec, trial_dir)
+
+    cfg = config(tmp_path, trials=3)
+    run_search(SPACE, counting, cfg, step_time=step_time, task=TASK)
+    study, _ = open_results(cfg.out_dir)
+    study.enqueue_trial(study.trials[1].params)  # the sampler proposes trial 1's choices again
+    run_search(SPACE, counting, config(tmp_path, trials=4), step_time=step_time, task=TASK)
+    assert len(calls) == 3
+    study, _ = open_results(cfg.out_dir)
+    assert study.trials[3].user_attrs["duplicate_of"] == 1 and study.trials[3].value == study.trials[1].value
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "evolution"])
+def test_model_based_and_evolutionary_samplers(tmp_path, sampler) -> None:
+    out = run_search(SPACE, evaluate, config(tmp_path, trials=8, sampler=sampler, population=4),
+                     step_time=step_time, task=TASK)
+    assert out["complete"] == 8
+    study, _ = open_results(tmp_path / "search")
+    if sampler == "evolution":  # after the first population, children differ from a parent in one choice
+        done = [t for t in study.trials if t.state.is_finished()]
+        late = done[5:]
+        assert all(min(sum(t.params[k] != p.params[k] for k in t.params) for p in done[:t.number]) <= 1
+                   for t in late if "duplicate_of" not in t.user_attrs)
+
+
+def test_predictor_screening_queues_the_predicted_best(tmp_path) -> None:
+    cfg = config(tmp_path, trials=12, predictor_screen=8, predictor="ridge", screen_after=6, explore=0.0)
+    run_search(SPACE, evaluate, cfg, step_time=step_time, task=TASK)
+    study, _ = open_results(cfg.out_dir)
+    screened = [t for t in study.trials if t.user_attrs.get("screened")]
+    assert len(screened) >= 4
+    for t in screened:
+        assert t.user_attrs["screened"] == 8 and math.isfinite(t.user_attrs["predicted_top1"])
+
+
+def test_time_budget_stops_starting_trials(tmp_path) -> None:
+    out = run_search(SPACE, evaluate, config(tmp_path, trials=None, time_s=1.0), step_time=step_time, task=TASK)
+    assert out["complete"] >= 1
+
+
+def test_cli_dry_run_report_and_space(tmp_path, capsys) -> None:
+    out = tmp_path / "s"
+    assert main(["search", "--evaluator", "synthetic", "--space", "pico", "--budget", "4", "--out", str(out),
+                 "--sampler", "random", "--proxy-size", "16"]) == 0
+    text = capsys.readouterr().out
+    assert "search space 'pico'" in text and "reward" in text and "best_spec.json" in text
+    assert main(["search", "report", str(out)]) == 0
+    assert "4 finished, 0 failed" in capsys.readouterr().out
+    assert main(["search", "space", "mini", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backbone"] == "efficientnetv2_mini"
+    assert main(["search", "--evaluator", "synthetic", "--budget", "2"]) == 2
+    assert "--out is required" in capsys.readouterr().err
+    assert main(["search", "report", str(tmp_path / "nothing")]) == 2
+    assert "not a search folder" in capsys.readouterr().err
+    assert main(["search", "--space", "pico", "--budget", "2", "--out", str(out / "x")]) == 2
+    assert "--data is required" in capsys.readouterr().err
+
+
+def test_postgres_without_a_driver_is_a_one_line_error(tmp_path) -> None:
+    try:
+        import psycopg2  # noqa: F401
+        pytest.skip("psycopg2 is installed")
+    except ImportError:
+        pass
+    with pytest.raises(UsageError, match="driver for 'postgresql' is missing"):
+        run_search(SPACE, evaluate, config(tmp_path, storage="postgresql://u:p@127.0.0.1:1/db"),
+                   step_time=step_time, task=TASK)
+
+
+def test_optuna_keeps_everything_in_the_study(tmp_path) -> None:
+    cfg = config(tmp_path, trials=2)
+    run_search(SPACE, evaluate, cfg, step_time=step_time, task=TASK)
+    study = optuna.load_study(study_name="effv2-search", storage=f"sqlite:///{cfg.out_dir}/study.db")
+    assert study.user_attrs["space"]["name"] == "pico"
+    assert study.user_attrs["reward"]["w"] == -0.07 and study.user_attrs["reward"]["v"] == -0.05
+    a = study.trials[1].user_attrs
+    assert {"spec", "genotype", "params", "macs", "top1", "step_s", "base_step_s", "base_params"} <= set(a)
