@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 from ..errors import UsageError
 from .train import add_data_args
@@ -59,11 +58,10 @@ def find_fashion_mnist(data_dir: str | None, allow_download: bool = True):
                 return load_source("fashion-mnist", data_dir=data_dir, val_fraction=0.0)
             except UsageError:
                 pass
-        if allow_download:
-            cache = Path(data_dir or os.environ.get("EFFV2_DATA") or Path.home() / ".cache" / "effv2")
-            print(f"downloading Fashion-MNIST with torchvision into {cache} ...", flush=True)
+        if allow_download:  # torchvision's download, into data_dir / $EFFV2_DATA / ~/.cache/effv2/data
+            print("downloading Fashion-MNIST with torchvision ...", flush=True)
             try:
-                return load_source("fashion-mnist", data_dir=str(cache), download=True, val_fraction=0.0)
+                return load_source("fashion-mnist", data_dir=data_dir, download=True, val_fraction=0.0)
             except Exception as exc:  # noqa: BLE001 - any network failure ends in the one-line message
                 raise UsageError(f"Fashion-MNIST is not available: {first}; download failed too ({exc})") from None
         raise
