@@ -1,0 +1,227 @@
+"""What machine we run on, its theoretical peak FLOP/s, and the fast execution defaults.
+
+Peak FLOP/s is derived, never measured:
+
+* CPU: cores x clock x FLOPs per cycle per core (cores = usable physical cores, capped by
+  ``torch.get_num_threads()``), the last read off the ISA flags in
+  ``lscpu`` / ``/proc/cpuinfo``:
+
+  ======================  ===========================================================  =========
+  precision, flag          why                                                          FLOP/cyc
+  ======================  ===========================================================  =========
+  fp32, avx512f            16 fp32 lanes x 2 (an FMA is 2 FLOPs) x 2 FMA units          64
+  fp32, avx2 + fma         8 lanes x 2 x 2 FMA units                                    32
+  fp32, avx                8 lanes x (1 add + 1 mul port)                               16
+  bf16, amx_bf16           AMX TMUL: 1024 bf16 FLOPs per cycle per core (Intel)         1024
+  bf16, avx512_bf16        VDPBF16PS: 16 lanes x 2 pairs x 2 FLOPs x 2 units            128
+  fp16, amx_fp16           AMX TMUL, as bf16                                            1024
+  fp16, avx512_fp16        32 fp16 lanes x 2 x 2 units                                  128
+  ======================  ===========================================================  =========
+
+  The number of FMA units per core is not visible in the flags; 2 is assumed (every Xeon
+  Scalable Gold/Platinum and every Xeon since Sapphire Rapids has 2); pass ``fma_units=1`` for
+  parts with one. The clock is ``CPU max MHz`` from lscpu when the kernel reports it, else the
+  ``cpu MHz`` of /proc/cpuinfo (in a VM usually the nominal clock: turbo is not visible, and AVX-512
+  / AMX code runs at a lower licence clock, so the real ceiling can be somewhat off either way).
+  Without the flags for a precision, its peak falls back to the next lower ISA that computes it.
+* CUDA: a table of NVIDIA datasheet dense (no sparsity) tensor-core numbers by device name. fp32
+  convolutions on Ampere and newer run on TF32 tensor cores by default
+  (``torch.backends.cudnn.allow_tf32``), so fp32 peak is the TF32 number then. Unknown devices: None.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from .timing import resolve_device
+
+# FLOPs per cycle per core, best first within each precision: (flag, flops, reason).
+_CPU_RATES: dict[str, tuple[tuple[str, int, str], ...]] = {
+    "fp32": (("avx512f", 64, "avx512f: 16 lanes x 2 (FMA) x {u} FMA units"),
+             ("avx2", 32, "avx2+fma: 8 lanes x 2 (FMA) x {u} FMA units"),
+             ("avx", 16, "avx: 8 lanes x (1 add + 1 mul)"),
+             ("sse2", 8, "sse2: 4 lanes x (1 add + 1 mul)")),
+    "bf16": (("amx_bf16", 1024, "amx_bf16: AMX TMUL 1024 bf16 FLOP/cycle"),
+             ("avx512_bf16", 128, "avx512_bf16: VDPBF16PS 16 lanes x 2 pairs x 2 x {u} units")),
+    "fp16": (("amx_fp16", 1024, "amx_fp16: AMX TMUL 1024 fp16 FLOP/cycle"),
+             ("avx512_fp16", 128, "avx512_fp16: 32 lanes x 2 (FMA) x {u} units")),
+}
+
+# NVIDIA datasheets, dense TFLOP/s: (name pattern, fp32 CUDA cores, tf32, bf16, fp16). Order matters:
+# "A100" before "A10G" before "A10", "L40S" before "L40" before "L4", "H100 PCIe" before "H100".
+_CUDA_TABLE: tuple[tuple[str, float, float | None, float | None, float], ...] = (
+    ("H200", 67.0, 494.7, 989.4, 989.4),
+    ("H100 PCIe", 51.2, 378.0, 756.0, 756.0),
+    ("H100", 67.0, 494.7, 989.4, 989.4),  # SXM / HBM3
+    ("A100", 19.5, 156.0, 312.0, 312.0),
+    ("A10G", 31.2, 35.0, 70.0, 70.0),
+    ("A10", 31.2, 62.5, 125.0, 125.0),
+    ("L40S", 91.6, 183.0, 362.0, 362.0),
+    ("L40", 90.5, 90.5, 181.0, 181.0),
+    ("L4", 30.3, 60.0, 121.0, 121.0),
+    ("V100", 15.7, None, None, 125.0),
+    ("T4", 8.1, None, None, 65.0),
+)
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10,
+                              env={**os.environ, "LC_ALL": "C"}).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def cpu_info() -> dict[str, Any]:
+    """Model name, usable physical cores, torch threads, clock (MHz, and where it came from), ISA flags."""
+    return {**_cpu_info(), "torch_threads": torch.get_num_threads()}
+
+
+@lru_cache(maxsize=1)
+def _cpu_info() -> dict[str, Any]:
+    fields: dict[str, str] = {}
+    for line in _run(["lscpu"]).splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    cpuinfo = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpuinfo = f.read()
+    except OSError:
+        pass
+
+    def first(pattern: str) -> str | None:
+        m = re.search(pattern, cpuinfo, re.MULTILINE)
+        return m.group(1).strip() if m else None
+
+    flags = set((fields.get("Flags") or first(r"^flags\s*:(.*)$") or "").split())
+    model = fields.get("Model name") or first(r"^model name\s*:(.*)$") or platform.processor() or "unknown"
+    threads_per_core = int(fields.get("Thread(s) per core", "1") or 1)
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    cores = max(1, usable // max(1, threads_per_core))
+    if fields.get("CPU max MHz"):
+        mhz, source = float(fields["CPU max MHz"]), "lscpu 'CPU max MHz'"
+    elif first(r"^cpu MHz\s*:(.*)$"):
+        mhz, source = float(first(r"^cpu MHz\s*:(.*)$") or 0), "/proc/cpuinfo 'cpu MHz' (nominal; turbo not visible)"
+    else:
+        mhz, source = None, "no clock reported"
+    return {"model_name": model, "cores": cores, "logical_cpus": usable, "threads_per_core": threads_per_core,
+            "mhz": mhz, "mhz_source": source, "flags": sorted(flags)}
+
+
+def cpu_peak_flops(precision: str = "fp32", *, info: dict[str, Any] | None = None,
+                   fma_units: int = 2) -> tuple[float | None, str]:
+    """(peak FLOP/s, how it was derived) for ``precision`` in fp32 / bf16 / fp16."""
+    info = info or cpu_info()
+    flags = set(info["flags"])
+    if info["mhz"] is None:
+        return None, "unknown: the CPU clock is not reported"
+    chain = list(_CPU_RATES.get(precision, ())) + list(_CPU_RATES["fp32"])
+    for flag, per_cycle, why in chain:
+        if flag in flags or (flag == "avx2" and {"avx2", "fma"} <= flags):
+            if "{u}" in why:
+                per_cycle = per_cycle * fma_units // 2
+            # Cores torch can use: the usable physical cores, capped by torch's intra-op threads.
+            cores, ghz = min(info["cores"], info.get("torch_threads") or info["cores"]), info["mhz"] / 1000
+            how = (f"{cores} cores (of {info['cores']} usable, {info.get('torch_threads')} torch threads) x "
+                   f"{ghz:g} GHz ({info['mhz_source']}) x {per_cycle} FLOP/cycle [{why.format(u=fma_units)}]")
+            return cores * ghz * 1e9 * per_cycle, how
+    return None, "unknown: no known vector ISA flag"
+
+
+def cuda_peak_flops(precision: str, device_name: str, *, tf32: bool = True) -> tuple[float | None, str]:
+    """(peak FLOP/s, how) from the datasheet table; ``tf32``: fp32 convs run on TF32 tensor cores."""
+    for pattern, fp32, tf32_rate, bf16, fp16 in _CUDA_TABLE:
+        if pattern.lower() in device_name.lower():
+            if precision == "bf16":
+                rate, what = bf16, "bf16 tensor core"
+            elif precision == "fp16":
+                rate, what = fp16, "fp16 tensor core"
+            elif tf32 and tf32_rate is not None:
+                rate, what = tf32_rate, "tf32 tensor core (cuDNN fp32 convs use TF32 by default)"
+            else:
+                rate, what = fp32, "fp32 CUDA cores"
+            if rate is None:
+                return None, f"unknown: {pattern} has no {precision} tensor cores"
+            return rate * 1e12, f"{device_name}: {rate:g} TFLOP/s dense {what} (NVIDIA datasheet, '{pattern}' row)"
+    return None, f"unknown: {device_name!r} is not in the datasheet table"
+
+
+def peak_flops(device: str | torch.device = "cpu", amp: str = "none") -> tuple[float | None, str]:
+    """Theoretical peak FLOP/s for running with ``amp`` (none/bf16/fp16) on ``device``, and how."""
+    dev = resolve_device(device)
+    precision = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(amp, "fp32")
+    if dev.type == "cuda":
+        return cuda_peak_flops(precision, torch.cuda.get_device_name(dev),
+                               tf32=bool(torch.backends.cudnn.allow_tf32))
+    if dev.type == "cpu":
+        return cpu_peak_flops(precision)
+    return None, f"unknown: no peak table for device type {dev.type!r}"
+
+
+def describe(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The machine facts written beside every benchmark result."""
+    dev = resolve_device(device)
+    info = cpu_info()
+    out: dict[str, Any] = {"device": str(dev), "cpu": info["model_name"], "cpu_cores": info["cores"],
+                           "cpu_mhz": info["mhz"], "torch_threads": torch.get_num_threads(),
+                           "torch": torch.__version__, "python": platform.python_version()}
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def _cpu_bf16_fast() -> bool:
+    """bf16 autocast pays on CPU when oneDNN can run bf16 convs on AMX tiles (Sapphire Rapids and later)."""
+    return "amx_bf16" in cpu_info()["flags"] and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+# Below this batch size bf16 autocast does not pay on CPU: the per-call casts and weight reorders
+# are not amortised (mini @28 batch 1: 0.73x of fp32; b0 @224 batch 1: 1.17x vs 1.25x for fp32 +
+# channels_last; from batch 4 on it wins: b0 @128 batch 4 1.38x vs 1.16x).
+CPU_BF16_MIN_BATCH = 4
+
+
+def fast_defaults(device: str | torch.device = "cpu", *, batch_size: int | None = None) -> dict[str, Any]:
+    """The execution settings effv2 uses unless told otherwise (trainer, predict, bench).
+
+    Keys: ``amp`` ("none" / "bf16" / "fp16"), ``channels_last`` (bool), ``compile`` (bool),
+    ``fold_bn_infer`` (bool: fold BN into the convs for inference, :func:`effv2.models.fuse.fold_bn`).
+
+    Measured on a 2-core Sapphire-Rapids-class Xeon (AMX), efficientnetv2_b0 @128 px batch 32 and
+    efficientnetv2_mini @28 px batch 128, every candidate interleaved in one process
+    (``benchmarks/bench_models.py defaults``; numbers in docs/readme/bench.md):
+
+    * channels_last: 1.2x train and infer alone; it is also what makes bf16 pay (oneDNN's AMX
+      kernels want NHWC). On CUDA NHWC is what tensor-core convs use (NVIDIA, PyTorch docs): on.
+    * bf16 autocast: with channels_last 1.57-1.65x train, 2.0-2.2x infer, on CPUs with AMX only
+      (without AMX bf16 is emulated: off). CUDA: bf16 on Ampere and newer, fp16 before (needs a
+      GradScaler when training).
+    * fold_bn_infer: 1.1x alone, 1.2x on top of bf16 + channels_last; on CUDA it removes one
+      kernel per conv and never adds work: on.
+    * compile: no gain over eager bf16 + channels_last on this CPU, and 1.5-3.5 min to compile a
+      training step: off (``--compile`` to opt in; on CUDA it can pay for long runs, measure there).
+    * SiLU(inplace=True) as built: not inplace measured 0.94-1.04x (noise), so the model keeps it.
+
+    ``batch_size`` (optional): on CPU, batches smaller than ``CPU_BF16_MIN_BATCH`` (single-image
+    prediction) run fp32, where bf16 measured slower.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return {"amp": "bf16" if bf16 else "fp16", "channels_last": True, "compile": False,
+                "fold_bn_infer": True}
+    small = batch_size is not None and batch_size < CPU_BF16_MIN_BATCH
+    return {"amp": "bf16" if _cpu_bf16_fast() and not small else "none", "channels_last": True,
+            "compile": False, "fold_bn_infer": True}

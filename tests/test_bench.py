@@ -1,0 +1,160 @@
+"""effv2 bench: timing functions, comparison against timm, machine peak, CLI errors. No timed assertions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from effv2.bench import BenchConfig, fast_defaults, run_bench, time_infer, time_train_step
+from effv2.bench.compare import (Reference, build_reference, check_same_logits, copy_weights, interleave,
+                                 reference_for)
+from effv2.bench.machine import cpu_peak_flops, cuda_peak_flops
+from effv2.cli.main import main
+from effv2.errors import UsageError
+from effv2.models import create_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["--model", "efficientnetv2_pico", "--size", "32", "--batch", "2", "--steps", "1", "--warmup", "0"]
+
+
+def _check_timing(r: dict, steps: int, batch: int) -> None:
+    assert r["steps"] == steps and len(r["all_step_s"]) == steps and r["batch_size"] == batch
+    assert r["step_s"] > 0 and r["img_per_s"] == pytest.approx(batch / r["step_s"])
+
+
+def test_time_train_step_updates_weights() -> None:
+    model = create_model("efficientnetv2_pico", num_classes=5)
+    before = model.classifier.weight.detach().clone()
+    r = time_train_step(model, batch_size=2, image_size=32, steps=2, warmup=1)
+    _check_timing(r, 2, 2)
+    assert len(r["warmup_s"]) == 1
+    assert not torch.equal(before, model.classifier.weight)  # a real optimizer step was timed
+
+
+@pytest.mark.parametrize("amp,channels_last,optimizer", [("bf16", True, "adamw"), ("fp16", False, "rmsprop")])
+def test_time_train_step_options(amp: str, channels_last: bool, optimizer: str) -> None:
+    model = create_model("efficientnetv2_pico", num_classes=5)
+    _check_timing(time_train_step(model, batch_size=2, image_size=32, steps=1, warmup=0, amp=amp,
+                                  channels_last=channels_last, optimizer=optimizer), 1, 2)
+
+
+def test_time_infer_eval_mode() -> None:
+    model = create_model("efficientnetv2_pico", in_chans=1).train()
+    r = time_infer(model, batch_size=3, image_size=32, in_chans=1, steps=2, warmup=0, amp="bf16")
+    _check_timing(r, 2, 3)
+    assert not model.training
+
+
+@pytest.mark.parametrize("kwargs", [dict(amp="int8"), dict(batch_size=0), dict(steps=0), dict(optimizer="lamb"),
+                                    dict(device="tpu")])
+def test_timing_rejects_bad_input(kwargs: dict) -> None:
+    args = dict(batch_size=2, image_size=32, steps=1, warmup=0) | kwargs
+    with pytest.raises(UsageError):
+        time_train_step(create_model("efficientnetv2_pico"), **args)
+
+
+def test_interleave_reports_each_variant() -> None:
+    calls: list[str] = []
+    out = interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, batch_size=4,
+                     n_steps=3, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-ups, then alternating rounds
+    assert set(out) == {"a", "b"} and out["a"]["steps"] == 3
+
+
+def test_bench_cli_json_pico(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *TINY, "--mode", "infer", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    eff = r["results"][0]
+    assert eff["variant"] == "effv2" and eff["img_per_s"] > 0 and eff["flop_per_s"] > 0
+    assert r["macs_per_img"] > 0 and r["flop_per_img"] == 2 * r["macs_per_img"]
+    assert r["effv2_settings"]["fold_bn"] == fast_defaults("cpu")["fold_bn_infer"]
+    assert eff["peak_flop_per_s"] is None or 0 < eff["peak_share"] < 1
+    assert r["ratios"] == {} and r["machine"]["torch"] == torch.__version__
+
+
+def test_bench_train_flops_are_three_forwards() -> None:
+    r = run_bench(BenchConfig(model="efficientnetv2_pico", image_size=32, batch_size=2, steps=1, warmup=0,
+                              mode="train", amp="none", channels_last=True))
+    assert r["flop_per_img"] == 6 * r["macs_per_img"]
+    assert r["settings_source"]["channels_last"] == "flag" and r["effv2_settings"]["channels_last"] is True
+
+
+def test_bench_compare_timm_b0(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("timm")
+    args = ["bench", "--model", "efficientnetv2_b0", "--size", "32", "--batch", "2", "--steps", "1",
+            "--warmup", "0", "--mode", "infer", "--compare", "timm", "--json"]
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    variants = [x["variant"] for x in r["results"]]
+    assert variants[0] == "effv2" and "timm defaults" in variants
+    assert "effv2 / timm defaults" in r["ratios"] and all(v > 0 for v in r["ratios"].values())
+    check = r["logit_check"]["timm"]
+    assert "tf_efficientnetv2_b0" in check["checked"] and check["max_abs_diff"] <= 1e-5
+
+
+@torch.no_grad()
+def test_same_weights_same_logits_and_mismatch_raises() -> None:
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = create_model("efficientnetv2_b0", num_classes=10)
+    ref = reference_for("timm", "efficientnetv2_b0")
+    assert ref == Reference("timm", "tf_efficientnetv2_b0", "tf_same", 1e-3)
+    ref_model = build_reference(ref, num_classes=10, in_chans=3, drop_rate=0.2, drop_path_rate=0.2)
+    copy_weights(model, ref_model)
+    x = torch.randn(2, 3, 64, 64)
+    twin = create_model("efficientnetv2_b0", num_classes=10, padding="tf_same")
+    twin.load_state_dict(model.state_dict())
+    torch.testing.assert_close(twin.eval()(x), ref_model.eval()(x), atol=1e-6, rtol=1e-5)
+    check_same_logits("efficientnetv2_b0", model, ref, ref_model, image_size=64, in_chans=3, num_classes=10)
+    ref_model.classifier.bias.add_(1.0)  # no longer the same network
+    with pytest.raises(RuntimeError, match="logits differ"):
+        check_same_logits("efficientnetv2_b0", model, ref, ref_model, image_size=64, in_chans=3, num_classes=10)
+
+
+def test_reference_table() -> None:
+    assert reference_for("timm", "efficientnetv2_s").name == "efficientnetv2_s"
+    assert reference_for("torchvision", "efficientnetv2_l").name == "efficientnet_v2_l"
+    assert reference_for("torchvision", "efficientnetv2_b0") is None
+    assert reference_for("timm", "efficientnetv2_pico") is None
+
+
+def test_cpu_peak_from_flags() -> None:
+    info = {"flags": ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"], "cores": 4, "mhz": 2000.0,
+            "mhz_source": "test", "torch_threads": 4}
+    assert cpu_peak_flops("fp32", info=info)[0] == pytest.approx(4 * 2e9 * 64)
+    assert cpu_peak_flops("bf16", info=info)[0] == pytest.approx(4 * 2e9 * 1024)
+    assert cpu_peak_flops("fp16", info=info)[0] == pytest.approx(4 * 2e9 * 64)  # no fp16 ISA: fp32 rate
+    avx2 = info | {"flags": ["avx", "avx2", "fma"], "torch_threads": 2}
+    assert cpu_peak_flops("bf16", info=avx2)[0] == pytest.approx(2 * 2e9 * 32)  # capped by torch threads
+    assert cpu_peak_flops("fp32", info=info | {"mhz": None})[0] is None
+
+
+def test_cuda_peak_table() -> None:
+    assert cuda_peak_flops("bf16", "NVIDIA H100 80GB HBM3")[0] == pytest.approx(989.4e12)
+    assert cuda_peak_flops("fp32", "NVIDIA A100-SXM4-40GB")[0] == pytest.approx(156e12)  # TF32 convs
+    assert cuda_peak_flops("fp32", "NVIDIA A100-SXM4-40GB", tf32=False)[0] == pytest.approx(19.5e12)
+    assert cuda_peak_flops("bf16", "Some Future GPU")[0] is None
+
+
+def test_fast_defaults_keys() -> None:
+    d = fast_defaults("cpu")
+    assert set(d) == {"amp", "channels_last", "compile", "fold_bn_infer"}
+    assert d["amp"] in ("none", "bf16", "fp16")
+    assert fast_defaults("cpu", batch_size=1)["amp"] == "none"  # bf16 measured slower for single images
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "nope", "--size", "32"], "unknown model 'nope'"),
+    ([*TINY, "--mode", "train", "--fold-bn"], "--fold-bn applies to --mode infer only"),
+    ([*TINY, "--compare", "timm"], "nothing to compare with"),
+    ([*TINY, "--compare", "keras"], "'keras' is not one of"),
+    ([*TINY, "--compile"], "--compile needs --warmup >= 1"),
+    ([*TINY, "--threads", "0"], "--threads"),
+])
+def test_cli_errors_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
