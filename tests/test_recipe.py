@@ -82,8 +82,9 @@ def test_default_recipe_per_dataset_and_layer_order():
     assert list(prov) == ["defaults", "model", "dataset", "recipe:fmnist-cpu", "overrides", "filled"]
     assert prov["dataset"]["source"] == "effv2/recipes/dataset-fashion-mnist.json"
     assert prov["model"]["set"]["progressive.dropout_max"] == 0.1
-    assert rec.name == "fmnist-cpu" and rec.crop == "pad_crop" and rec.epochs == 3 and not rec.progressive.enabled
-    assert rec.progressive.dropout_max == 0.15  # the recipe beats the model layer
+    assert prov["dataset"]["set"]["crop"] == "pad_crop"
+    assert rec.name == "fmnist-cpu" and rec.crop == "none" and rec.epochs == 3 and not rec.progressive.enabled
+    assert rec.progressive.dropout_max == 0.1 and rec.progressive.dropout_min == 0.05  # the recipe beats the model layer
     assert rec.eval_size == 28 and rec.progressive.max_size == 28  # from the model card
 
 

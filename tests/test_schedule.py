@@ -100,11 +100,11 @@ def test_code_values_pinned():
 def test_fmnist_cpu_stages():
     rec, _ = resolve_recipe(None, model="efficientnetv2_mini", dataset="fashion-mnist")
     stages = all_stages(rec.progressive, train_size=28, dropout=0.1, drop_path=0.05)
-    assert _col(stages, "image_size") == [20, 24, 28]
-    assert _col(stages, "randaug_magnitude") == [0.0, 2.5, 5.0]
-    assert _col(stages, "mixup_alpha") == [0.0, 0.05, 0.1]
-    assert _col(stages, "dropout") == [0.05, 0.1, 0.15]
-    assert _col(stages, "drop_path") == [0.05] * 3
+    assert _col(stages, "image_size") == [24, 28]
+    assert _col(stages, "randaug_magnitude") == [0.0, 2.0]
+    assert _col(stages, "mixup_alpha") == [0.0, 0.0]
+    assert _col(stages, "dropout") == [0.05, 0.1]
+    assert _col(stages, "drop_path") == [0.05] * 2
 
 
 # --------------------------------------------------------------------------- edge cases

@@ -56,11 +56,11 @@ def test_space_json_round_trip_and_partial_file(tmp_path) -> None:
     space = get_space("mini")
     assert space_from_dict(json.loads(json.dumps(space.to_dict()))) == space
     f = tmp_path / "space.json"
-    rows = [{"block": ["fused"]}, {"block": ["fused"], "kernel": [3]}, {}, {}, {"se": [0.25]}]
+    rows = [{"block": ["fused"]}, {"block": ["fused"], "kernel": [3]}, {}, {"se": [0.25]}]
     f.write_text(json.dumps({"name": "early-fused", "backbone": "mini", "stages": rows}))
     custom = load_space(f)
     assert custom.name == "early-fused" and custom.stages[0].block == ("fused",) and custom.stages[1].kernel == (3,)
-    assert custom.stages[4].se == (0.25,) and custom.stages[2] == space.stages[2]
+    assert custom.stages[3].se == (0.25,) and custom.stages[2] == space.stages[2]
     assert custom.size() < space.size()
 
 
@@ -69,9 +69,9 @@ def test_space_json_round_trip_and_partial_file(tmp_path) -> None:
     ('{"backbone": "mini", "oops": 1}', "unknown key 'oops'"),
     ('{"stages": []}', "'backbone'"),
     ('{"backbone": "mini", "stages": [{}]}', "1 rows given"),
-    ('{"backbone": "mini", "stages": [{"kernel": [4]}, {}, {}, {}, {}]}', "odd"),
-    ('{"backbone": "mini", "stages": [{"block": ["conv"]}, {}, {}, {}, {}]}', "'conv' is not one of"),
-    ('{"backbone": "mini", "stages": [{"depth": [1]}, {}, {}, {}, {}]}', "unknown key 'depth'"),
+    ('{"backbone": "mini", "stages": [{"kernel": [4]}, {}, {}, {}]}', "odd"),
+    ('{"backbone": "mini", "stages": [{"block": ["conv"]}, {}, {}, {}]}', "'conv' is not one of"),
+    ('{"backbone": "mini", "stages": [{"depth": [1]}, {}, {}, {}]}', "unknown key 'depth'"),
     ('{"backbone": "nope"}', "unknown model 'nope'"),
 ])
 def test_bad_space_files_give_one_line_errors(tmp_path, content, needle) -> None:

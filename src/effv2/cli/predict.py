@@ -19,11 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 @torch.no_grad()
 def run(args: argparse.Namespace) -> int:
-    from ..training.inference import load_for_inference, preprocess_image
+    from ..training.inference import fast_inference_model, load_for_inference, preprocess_image
 
     loaded = load_for_inference(args.checkpoint)
     x = torch.stack([preprocess_image(p, loaded) for p in args.images])  # (N, C, S, S)
-    probs = loaded.model(x).float().softmax(dim=1)
+    model, amp = fast_inference_model(loaded.model, batch_size=x.shape[0])
+    with amp:
+        probs = model(x.contiguous(memory_format=torch.channels_last)).float().softmax(dim=1)
     k = max(1, min(args.top_k, probs.shape[1]))
     top = probs.topk(k, dim=1)
     out = []

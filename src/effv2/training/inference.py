@@ -76,6 +76,24 @@ def load_for_inference(path: str | Path, prefer_ema: bool = True) -> LoadedModel
     return LoadedModel(model=model, classes=classes, eval_size=eval_size, mean=mean, std=std, path=f, used=used)
 
 
+def fast_inference_model(model: torch.nn.Module, batch_size: int):
+    """The measured fast inference path: BN folded into the convs, channels_last, and the autocast
+    dtype of effv2's defaults for this batch size (bench.machine.fast_defaults). Returns (model, ctx)."""
+    import contextlib
+
+    from ..bench.machine import fast_defaults
+    from ..models.fuse import fold_bn
+
+    d = fast_defaults("cpu", batch_size=batch_size)
+    if d["fold_bn_infer"]:
+        model = fold_bn(model)
+    if d["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(d["amp"])
+    ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    return model, ctx
+
+
 def preprocess_image(path: str | Path, loaded: LoadedModel) -> torch.Tensor:
     """One image file -> (C, S, S) float tensor normalised like the training data."""
     from PIL import Image, ImageOps, UnidentifiedImageError

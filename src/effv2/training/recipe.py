@@ -147,8 +147,8 @@ class Recipe:
     ema_decay: float = 0  # EMA of weights and BN statistics (0 = off); TF warm-up min(decay, (1+n)/(10+n))
     grad_clip: float = 0  # max global gradient norm (0 = off)
     # -- speed
-    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto = bf16 where the hardware does it natively
-    channels_last: Literal["auto"] | bool = "auto"  # auto = on for CUDA or when autocasting
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto = fast_defaults: bf16 on AMX CPUs and Ampere+ GPUs
+    channels_last: Literal["auto"] | bool = "auto"  # auto = effv2.bench.machine.fast_defaults (measured: on for CPU and CUDA)
     compile: bool = False  # torch.compile the model
     # -- progressive learning (schedule.py)
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)

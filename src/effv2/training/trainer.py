@@ -79,23 +79,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def cpu_supports_bf16() -> bool:
-    fn = getattr(torch.backends.cpu, "get_cpu_capability", None)
-    cap = fn() if fn else ""
-    return "AVX512" in cap.upper() or "AMX" in cap.upper() or bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+def resolve_amp(amp: str, device: torch.device, batch_size: int | None = None) -> torch.dtype | None:
+    """'auto' = effv2's measured fast default for this device (bench.machine.fast_defaults):
+    bf16 on CPUs with AMX and on Ampere+ GPUs, fp16 on older GPUs, off elsewhere."""
+    if amp == "auto":
+        from ..bench.machine import fast_defaults
+
+        amp = fast_defaults(device, batch_size=batch_size)["amp"]
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """'auto' = bf16 where the hardware does it natively (CPU avx512_bf16/AMX, CUDA Ampere+)."""
-    if amp == "none":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_supports_bf16() else None
+def resolve_channels_last(setting: str | bool, device: torch.device) -> bool:
+    if setting == "auto":
+        from ..bench.machine import fast_defaults
+
+        return bool(fast_defaults(device)["channels_last"])
+    return bool(setting)
 
 
 def init_overrides(src_spec, model_name: str) -> dict[str, Any]:
@@ -177,9 +176,8 @@ class Trainer:
         self.base_dropout, self.base_drop_path = self.card.dropout, self.card.drop_path
         self.mean = channel_stats(self.card.mean, self.bundle.in_chans)
         self.std = channel_stats(self.card.std, self.bundle.in_chans)
-        self.amp_dtype = resolve_amp(r.amp, self.device)
-        self.channels_last = (self.device.type == "cuda" or self.amp_dtype is not None) \
-            if r.channels_last == "auto" else bool(r.channels_last)
+        self.amp_dtype = resolve_amp(r.amp, self.device, r.batch_size)
+        self.channels_last = resolve_channels_last(r.channels_last, self.device)
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
