@@ -13,26 +13,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from effv2.bench.machine import describe
 from effv2.training.api import train
 
 HERE = Path(__file__).resolve().parent
 
 
 def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {torch.get_num_threads()} threads"
+    d = describe("cpu")
+    return f"{d['cpu']}, {d['cpu_cores']} cores, {d['torch_threads']} torch threads"
 
 
 def main() -> int:

@@ -47,13 +47,17 @@ def tiny_fmnist(tmp_path_factory) -> Path:
     return d
 
 
-def _train(tmp: Path, data_dir: Path, name: str, extra: list[str] = (), *more: str) -> tuple[int, Path]:
-    out = tmp / name
+def _train_args(data_dir: Path, out: Path, extra: list[str] = (), *more: str) -> list[str]:
     args = ["train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist", "--data-dir", str(data_dir),
             "--out", str(out), "--quiet", *more]
     for s in [*FAST, *extra]:
         args += ["--set", s]
-    return main(args), out
+    return args
+
+
+def _train(tmp: Path, data_dir: Path, name: str, extra: list[str] = (), *more: str) -> tuple[int, Path]:
+    out = tmp / name
+    return main(_train_args(data_dir, out, extra, *more)), out
 
 
 def test_run_folder_has_what_a_user_expects(tmp_path, tiny_fmnist):
@@ -114,10 +118,7 @@ def test_killed_and_resumed_run_is_bitwise_exact(tmp_path, tiny_fmnist):
     rc, full = _train(tmp_path, tiny_fmnist, "full", extra)
     assert rc == 0
     part = tmp_path / "part"
-    args = ["train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist", "--data-dir", str(tiny_fmnist),
-            "--out", str(part), "--quiet"]
-    for s in [*FAST, *extra]:
-        args += ["--set", s]
+    args = _train_args(tiny_fmnist, part, extra)
     killed = _cli(*args, env={"EFFV2_FAULT_KILL_AT_STEP": "5"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     resumed = _cli("train", "--resume", str(part), "--quiet")
@@ -199,10 +200,7 @@ def test_random_sigkills_then_resume_match_uninterrupted(tmp_path, tiny_fmnist):
     rc, full = _train(tmp_path, tiny_fmnist, "full", extra)
     assert rc == 0
     part = tmp_path / "part"
-    args = ["train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist", "--data-dir", str(tiny_fmnist),
-            "--out", str(part), "--quiet"]
-    for s in [*FAST, *extra]:
-        args += ["--set", s]
+    args = _train_args(tiny_fmnist, part, extra)
     rng = random.Random(1234)
     kills = 0
     for attempt in range(6):
