@@ -246,3 +246,68 @@ def test_adapt_rgb_weights_to_grayscale_and_new_classes():
     assert torch.equal(dst.stem.conv.weight, src.stem.conv.weight.sum(1, keepdim=True))
     assert torch.equal(dst.classifier.weight, head)  # 1000 -> 10 classes: the new head is kept
     assert torch.equal(dst.blocks[1][0].expand.conv.weight, src.blocks[1][0].expand.conv.weight)
+
+
+def _jpeg_folder(root: Path, data_dir: Path, per_class: int = 24) -> Path:
+    """Real Fashion-MNIST images as JPEG files in class folders (a file set: decoded by loader workers)."""
+    from PIL import Image
+
+    images = _read_idx(data_dir / "train-images-idx3-ubyte.gz")
+    labels = _read_idx(data_dir / "train-labels-idx1-ubyte.gz")
+    counts: dict[int, int] = {}
+    for img, lab in zip(images, labels.tolist()):
+        if counts.get(lab, 0) < per_class and lab < 4:
+            (root / f"c{lab}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.numpy()).save(root / f"c{lab}" / f"{counts.get(lab, 0)}.jpg")
+            counts[lab] = counts.get(lab, 0) + 1
+    return root
+
+
+def test_resume_with_loader_workers_is_bitwise_exact(tmp_path, tiny_fmnist):
+    folder = _jpeg_folder(tmp_path / "jpegs", tiny_fmnist)
+    sets = [*FAST, "deterministic=true", "checkpoint_every_steps=1", "num_workers=2", "batch_size=16",
+            "val_fraction=0.25"]
+
+    def args(out: Path) -> list[str]:
+        a = ["train", "--model", "efficientnetv2_pico", "--data", str(folder), "--out", str(out), "--quiet"]
+        for s in sets:
+            a += ["--set", s]
+        return a
+
+    assert main(args(tmp_path / "full")) == 0
+    killed = _cli(*args(tmp_path / "part"), env={"EFFV2_FAULT_KILL_AT_STEP": "7"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = _cli("train", "--resume", str(tmp_path / "part"), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = _weights(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    b = _weights(tmp_path / "part" / "checkpoints" / "last.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_under_torchrun_is_bitwise_exact(tmp_path, tiny_fmnist):
+    sets = [*FAST, "deterministic=true", "checkpoint_every_steps=2"]
+
+    def run(out: Path, env: dict | None = None, resume: bool = False, port: int = 29541):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "effv2", "train"]
+        if resume:
+            cmd += ["--resume", str(out), "--quiet"]
+        else:
+            cmd += ["--model", "efficientnetv2_pico", "--data", "fashion-mnist", "--data-dir", str(tiny_fmnist),
+                    "--out", str(out), "--quiet"]
+            for s in sets:
+                cmd += ["--set", s]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+    full = run(tmp_path / "full", port=29542)
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = run(tmp_path / "part", env={"EFFV2_FAULT_KILL_AT_STEP": "5"}, port=29543)
+    assert killed.returncode != 0
+    resumed = run(tmp_path / "part", resume=True, port=29544)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = _weights(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    b = _weights(tmp_path / "part" / "checkpoints" / "last.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
