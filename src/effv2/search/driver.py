@@ -328,19 +328,29 @@ class _Worker:
         study.enqueue_trial(cands[best], user_attrs={"screened": len(cands), "predicted_top1": float(mean[best])})
 
     def run(self, deadline: float | None) -> None:
-        if self.config.trials is not None:
-            trials = self.study.get_trials(deepcopy=False)
-            done = sum(t.state == TrialState.COMPLETE for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            if done + running >= self.config.trials:
-                self.log(f"the study already holds {done} finished trials and {running} running "
-                         f"(budget {self.config.trials})")
+        # Several workers on one SQLite file can both claim the same queued trial (Optuna's SQLite
+        # storage is not fully safe for concurrent writers); the second tell then finds it finished.
+        # That trial's result is already stored, so the worker goes on instead of failing.
+        for _ in range(20):
+            if self.config.trials is not None:
+                trials = self.study.get_trials(deepcopy=False)
+                done = sum(t.state == TrialState.COMPLETE for t in trials)
+                running = sum(t.state == TrialState.RUNNING for t in trials)
+                if done + running >= self.config.trials:
+                    self.log(f"the study already holds {done} finished trials and {running} running "
+                             f"(budget {self.config.trials})")
+                    return
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            if timeout == 0.0:
                 return
-        timeout = None if deadline is None else max(0.0, deadline - time.time())
-        if timeout == 0.0:
-            return
-        self.study.optimize(self.objective, timeout=timeout, callbacks=[self.after_trial],
-                            catch=(_TrialFailed,))
+            try:
+                self.study.optimize(self.objective, timeout=timeout, callbacks=[self.after_trial],
+                                    catch=(_TrialFailed,))
+                return
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+                if "Cannot tell" not in str(exc) and not isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+                    raise
+                self.log(f"a trial was finished by another worker ({exc}); continuing")
 
 
 def _worker_main(space: SearchSpace, evaluate: Evaluate, config: SearchConfig, index: int,
