@@ -7,12 +7,9 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("recipes", help="list the shipped recipes, or show one resolved with its layers and stages")
-    p.add_argument("recipe", nargs="?", help="shipped recipe name or recipe JSON file (default: the data set's)")
-    p.add_argument("--model", default="efficientnetv2_s")
-    p.add_argument("--data", default="imagenet", help="data set name (picks the dataset layer and default recipe)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--list", action="store_true", help="list the shipped recipes")
-    p.add_argument("--json", action="store_true", help="print the resolved recipe as JSON")
+    from ..training.recipe import add_recipe_args
+
+    add_recipe_args(p)
     return p
 
 

@@ -607,6 +607,16 @@ def stage_table(recipe: Recipe, *, train_size: int, dropout: float, drop_path: f
     return rows
 
 
+def add_recipe_args(ap) -> None:
+    """The arguments of `effv2 recipes` / `python -m effv2.training.recipe` (one definition for both)."""
+    ap.add_argument("recipe", nargs="?", help="shipped recipe name or recipe JSON file (default: the data set's)")
+    ap.add_argument("--model", default="efficientnetv2_s")
+    ap.add_argument("--data", default="imagenet", help="data set name (picks the dataset layer and default recipe)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--list", action="store_true", help="list the shipped recipes")
+    ap.add_argument("--json", action="store_true", help="print the resolved recipe as JSON")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m effv2.training.recipe [NAME|FILE] --model M --data D [--set K=V ...]``: print the
     resolved recipe, the layer that set each key, and the progressive stages. ``--list``: the
@@ -616,12 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     import textwrap
 
     ap = argparse.ArgumentParser(prog="python -m effv2.training.recipe", description=main.__doc__)
-    ap.add_argument("recipe", nargs="?", help="shipped recipe name or recipe JSON file (default: the data set's)")
-    ap.add_argument("--model", default="efficientnetv2_s")
-    ap.add_argument("--data", default="imagenet", help="data set name (picks the dataset layer and default recipe)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--list", action="store_true", help="list the shipped recipes")
-    ap.add_argument("--json", action="store_true", help="print the resolved recipe as JSON")
+    add_recipe_args(ap)
     args = ap.parse_args(argv)
     try:
         if args.list:
