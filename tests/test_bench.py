@@ -132,6 +132,17 @@ def test_cpu_peak_from_flags() -> None:
     assert cpu_peak_flops("fp32", info=info | {"mhz": None})[0] is None
 
 
+def test_cpu_peak_on_zen4_counts_one_512_bit_fma_per_cycle() -> None:
+    zen4 = {"flags": ["avx2", "fma", "avx512f", "avx512_bf16"], "cores": 2, "mhz": 2600.0, "mhz_source": "test",
+            "torch_threads": 2, "vendor": "AuthenticAMD", "family": 25}
+    fp32, how = cpu_peak_flops("fp32", info=zen4)
+    assert fp32 == pytest.approx(2 * 2.6e9 * 32) and "Zen 4" in how
+    assert cpu_peak_flops("bf16", info=zen4)[0] == pytest.approx(2 * 2.6e9 * 64)
+    assert cpu_peak_flops("fp32", info=zen4, fma_units=2)[0] == pytest.approx(2 * 2.6e9 * 64)
+    intel = zen4 | {"vendor": "GenuineIntel", "family": 6}
+    assert cpu_peak_flops("fp32", info=intel)[0] == pytest.approx(2 * 2.6e9 * 64)
+
+
 def test_cuda_peak_table() -> None:
     assert cuda_peak_flops("bf16", "NVIDIA H100 80GB HBM3")[0] == pytest.approx(989.4e12)
     assert cuda_peak_flops("fp32", "NVIDIA A100-SXM4-40GB")[0] == pytest.approx(156e12)  # TF32 convs

@@ -18,9 +18,11 @@ Peak FLOP/s is derived, never measured:
   fp16, avx512_fp16        32 fp16 lanes x 2 x 2 units                                  128
   ======================  ===========================================================  =========
 
-  The number of FMA units per core is not visible in the flags; 2 is assumed (every Xeon
-  Scalable Gold/Platinum and every Xeon since Sapphire Rapids has 2); pass ``fma_units=1`` for
-  parts with one. The clock is ``CPU max MHz`` from lscpu when the kernel reports it, else the
+  The number of 512-bit FMA units per core is not visible in the flags. It is read off the vendor
+  and family: AMD family 25 (Zen 3/4; only Zen 4 has AVX-512) runs 512-bit instructions on two
+  256-bit halves, one 512-bit FMA (or VDPBF16PS) per cycle: 1 unit; every other part is assumed
+  to have 2 (every Xeon Scalable Gold/Platinum and every Xeon since Sapphire Rapids, AMD Zen 5).
+  Pass ``fma_units`` to override. The clock is ``CPU max MHz`` from lscpu when the kernel reports it, else the
   ``cpu MHz`` of /proc/cpuinfo (in a VM usually the nominal clock: turbo is not visible, and AVX-512
   / AMX code runs at a lower licence clock, so the real ceiling can be somewhat off either way).
   Without the flags for a precision, its peak falls back to the next lower ISA that computes it.
@@ -115,15 +117,29 @@ def _cpu_info() -> dict[str, Any]:
         mhz, source = float(first(r"^cpu MHz\s*:(.*)$") or 0), "/proc/cpuinfo 'cpu MHz' (nominal; turbo not visible)"
     else:
         mhz, source = None, "no clock reported"
+    vendor = fields.get("Vendor ID") or first(r"^vendor_id\s*:(.*)$") or ""
+    family = fields.get("CPU family") or first(r"^cpu family\s*:(.*)$") or ""
     return {"model_name": model, "cores": cores, "logical_cpus": usable, "threads_per_core": threads_per_core,
-            "mhz": mhz, "mhz_source": source, "flags": sorted(flags)}
+            "mhz": mhz, "mhz_source": source, "flags": sorted(flags), "vendor": vendor,
+            "family": int(family) if family.isdigit() else None}
+
+
+def default_fma_units(info: dict[str, Any]) -> tuple[int, str]:
+    """512-bit FMA units per core, and why (see the module docstring)."""
+    if info.get("vendor") == "AuthenticAMD" and info.get("family") == 25:
+        return 1, "AMD family 25 (Zen 4): 512-bit ops double-pumped on 256-bit units"
+    return 2, "assumed"
 
 
 def cpu_peak_flops(precision: str = "fp32", *, info: dict[str, Any] | None = None,
-                   fma_units: int = 2) -> tuple[float | None, str]:
-    """(peak FLOP/s, how it was derived) for ``precision`` in fp32 / bf16 / fp16."""
+                   fma_units: int | None = None) -> tuple[float | None, str]:
+    """(peak FLOP/s, how it was derived) for ``precision`` in fp32 / bf16 / fp16.
+    ``fma_units``: 512-bit FMA units per core; None = :func:`default_fma_units`."""
     info = info or cpu_info()
     flags = set(info["flags"])
+    units_why = "given"
+    if fma_units is None:
+        fma_units, units_why = default_fma_units(info)
     if info["mhz"] is None:
         return None, "unknown: the CPU clock is not reported"
     chain = list(_CPU_RATES.get(precision, ())) + list(_CPU_RATES["fp32"])
@@ -131,6 +147,8 @@ def cpu_peak_flops(precision: str = "fp32", *, info: dict[str, Any] | None = Non
         if flag in flags or (flag == "avx2" and {"avx2", "fma"} <= flags):
             if "{u}" in why:
                 per_cycle = per_cycle * fma_units // 2
+                why = why.replace("{u} units", "{u} units (" + units_why + ")").replace(
+                    "{u} FMA units", "{u} FMA units (" + units_why + ")")
             # Cores torch can use: the usable physical cores, capped by torch's intra-op threads.
             cores, ghz = min(info["cores"], info.get("torch_threads") or info["cores"]), info["mhz"] / 1000
             how = (f"{cores} cores (of {info['cores']} usable, {info.get('torch_threads')} torch threads) x "
@@ -182,9 +200,16 @@ def describe(device: str | torch.device = "cpu") -> dict[str, Any]:
     return out
 
 
+# CPU flags with native bf16 arithmetic that oneDNN uses for bf16 convolutions and matmuls: AMX tiles
+# (Intel Sapphire Rapids and later) or AVX512-BF16 dot products (Intel Cooper Lake, AMD Zen 4 and later).
+CPU_BF16_FLAGS: tuple[str, ...] = ("amx_bf16", "avx512_bf16")
+
+
 def _cpu_bf16_fast() -> bool:
-    """bf16 autocast pays on CPU when oneDNN can run bf16 convs on AMX tiles (Sapphire Rapids and later)."""
-    return "amx_bf16" in cpu_info()["flags"] and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """bf16 autocast pays on CPU when oneDNN computes bf16 natively (AMX or AVX512-BF16); without
+    either flag bf16 is emulated through fp32 conversions and is slower than fp32."""
+    flags = set(cpu_info()["flags"])
+    return any(f in flags for f in CPU_BF16_FLAGS) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # Below this batch size bf16 autocast does not pay on CPU: the per-call casts and weight reorders
@@ -205,8 +230,9 @@ def fast_defaults(device: str | torch.device = "cpu", *, batch_size: int | None 
 
     * channels_last: 1.2x train and infer alone; it is also what makes bf16 pay (oneDNN's AMX
       kernels want NHWC). On CUDA NHWC is what tensor-core convs use (NVIDIA, PyTorch docs): on.
-    * bf16 autocast: with channels_last 1.57-1.65x train, 2.0-2.2x infer, on CPUs with AMX only
-      (without AMX bf16 is emulated: off). CUDA: bf16 on Ampere and newer, fp16 before (needs a
+    * bf16 autocast: with channels_last 1.57-1.65x train, 2.0-2.2x infer with AMX; on a 2-core AMD
+      EPYC with AVX512-BF16 and no AMX, 1 thread: mini @28 train 1.73x, infer 1.58x; b0 @128 train
+      1.23x, infer 1.75x (benchmarks/RESULTS.md). Without either flag bf16 is emulated: off. CUDA: bf16 on Ampere and newer, fp16 before (needs a
       GradScaler when training).
     * fold_bn_infer: 1.1x alone, 1.2x on top of bf16 + channels_last; on CUDA it removes one
       kernel per conv and never adds work: on.
