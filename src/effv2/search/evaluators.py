@@ -73,6 +73,7 @@ class ProxyEvaluator:
     _bundle: Any = field(default=None, init=False, repr=False, compare=False)
     _batch: int | None = field(default=None, init=False, repr=False, compare=False)
     _resolved: list[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _exec: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:  # workers reload the data themselves
         state = dict(self.__dict__)
@@ -115,6 +116,9 @@ class ProxyEvaluator:
                 out.append(f"progressive.min_size={min(base.progressive.min_size, self.image_size)}")
             self._resolved = out + list(self.overrides)
             self._batch = int(rec.batch_size)
+            # How the trainer will execute (amp, memory format, optimizer): the step is timed the same way.
+            self._exec = {"amp": rec.amp, "channels_last": rec.channels_last,
+                          "optimizer": "rmsprop" if rec.optimizer == "rmsprop_tf" else rec.optimizer}
         return list(self._resolved)
 
     def batch(self) -> int:
@@ -133,6 +137,7 @@ class ProxyEvaluator:
         d = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
         d["overrides"] = self._overrides()
         d["kind"] = "proxy"
+        d["execution"] = self.execution()  # how step times are measured (as the trainer runs)
         return d
 
     def _device(self) -> str:
@@ -141,14 +146,29 @@ class ProxyEvaluator:
         return self.device
 
     # -- the two measurements ---------------------------------------------------------------
+    def execution(self) -> dict[str, Any]:
+        """The trainer's execution settings for the proxy runs, resolved for this device:
+        ``{"amp": "none"|"bf16"|"fp16", "channels_last": bool, "optimizer": name}``."""
+        from ..training.trainer import resolve_amp, resolve_channels_last
+
+        self._overrides()
+        assert self._exec is not None
+        dev = torch.device(self._device())
+        dtype = resolve_amp(self._exec["amp"], dev, self.batch())
+        amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        return {"amp": amp, "channels_last": resolve_channels_last(self._exec["channels_last"], dev),
+                "optimizer": self._exec["optimizer"]}
+
     def step_time(self, spec: ArchSpec) -> float:
+        """One training step timed as the trainer runs it (the recipe's amp, memory format and
+        optimizer kind on this device): the paper's S is the step time of real training."""
         from ..bench.timing import time_train_step
 
         t = self.task
         model = EfficientNetV2(spec, num_classes=t.num_classes, in_chans=t.in_chans)
         res = time_train_step(model, batch_size=t.batch_size, image_size=t.image_size, in_chans=t.in_chans,
                               num_classes=t.num_classes, steps=self.timing_steps, warmup=self.timing_warmup,
-                              device=self._device())
+                              device=self._device(), **self.execution())
         return float(res["step_s"])
 
     def __call__(self, spec: ArchSpec, trial_dir: Path) -> dict[str, Any]:
