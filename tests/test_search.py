@@ -207,15 +207,15 @@ def test_cli_dry_run_report_and_space(tmp_path, capsys) -> None:
     assert "--data is required" in capsys.readouterr().err
 
 
-def test_postgres_without_a_driver_is_a_one_line_error(tmp_path) -> None:
-    try:
-        import psycopg2  # noqa: F401
-        pytest.skip("psycopg2 is installed")
-    except ImportError:
-        pass
-    with pytest.raises(UsageError, match="driver for 'postgresql' is missing"):
-        run_search(SPACE, evaluate, config(tmp_path, storage="postgresql://u:p@127.0.0.1:1/db"),
+def test_postgres_without_a_driver_or_a_server_is_a_one_line_error(tmp_path) -> None:
+    import importlib.util
+
+    # no driver: says which package to install; driver but no server: names the storage, never the password
+    want = "cannot open 127.0.0.1:1/db" if importlib.util.find_spec("psycopg") else "driver for 'postgresql' is missing"
+    with pytest.raises(UsageError, match=want) as err:
+        run_search(SPACE, evaluate, config(tmp_path, storage="postgresql://u:secret@127.0.0.1:1/db"),
                    step_time=step_time, task=TASK)
+    assert "secret" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_optuna_keeps_everything_in_the_study(tmp_path) -> None:
@@ -226,3 +226,28 @@ def test_optuna_keeps_everything_in_the_study(tmp_path) -> None:
     assert study.user_attrs["reward"]["w"] == -0.07 and study.user_attrs["reward"]["v"] == -0.05
     a = study.trials[1].user_attrs
     assert {"spec", "genotype", "params", "macs", "top1", "step_s", "base_step_s", "base_params"} <= set(a)
+
+
+def test_proxy_step_time_is_timed_as_the_trainer_runs(monkeypatch) -> None:
+    """The paper's S is the step time of real training: the recipe's amp, memory format and
+    optimizer resolved for this device, not fp32 NCHW."""
+    import types
+
+    import effv2.bench.timing as timing
+    from effv2.search.evaluators import ProxyEvaluator
+    from effv2.training.trainer import resolve_amp
+
+    ev = ProxyEvaluator(data="fashion-mnist", image_size=12, overrides=("optimizer=adamw",))
+    ev._bundle = types.SimpleNamespace(source="fashion-mnist", in_chans=1, num_classes=10)
+    seen = {}
+
+    def fake(model, **kw):
+        seen.update(kw)
+        return {"step_s": 0.01}
+
+    monkeypatch.setattr(timing, "time_train_step", fake)
+    assert ev.step_time(get_space("pico").base) == 0.01
+    amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_amp("auto", torch.device("cpu"), 128)]
+    assert seen["amp"] == amp and seen["channels_last"] is True and seen["optimizer"] == "adamw"
+    assert seen["image_size"] == 12 and seen["in_chans"] == 1 and seen["batch_size"] == ev.batch()
+    assert ev.describe()["execution"] == {"amp": amp, "channels_last": True, "optimizer": "adamw"}

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from ..errors import UsageError
 
+# = effv2.search.driver.STUDY_NAME (not imported here: building the parser must not import Optuna)
+STUDY_NAME = "effv2-search"
+
 ACTIONS = ("run", "report", "space")
 
 
@@ -51,6 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g = p.add_argument_group("storage and parallel workers")
     g.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db); "
                                      "postgresql://user:pass@host/db to share one study between machines")
+    g.add_argument("--study-name", default=STUDY_NAME,
+                   help=f"study in the storage (default {STUDY_NAME}); several searches can share one database")
     g.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     g.add_argument("--threads", type=int, help="torch CPU threads per worker (default: cores / workers; "
                                                "1 is often fastest on a busy machine)")
@@ -114,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
                                   seed=args.seed)
         evaluate.task  # load the data and resolve the recipe now: mistakes cost seconds, not a trial
     config = SearchConfig(out_dir=Path(args.out), trials=trials, time_s=time_s, sampler=args.sampler, seed=args.seed,
-                          storage=args.storage, workers=args.workers, predictor_screen=args.predictor_screen,
+                          storage=args.storage, study_name=args.study_name, workers=args.workers, predictor_screen=args.predictor_screen,
                           predictor=args.predictor, include_backbone=not args.no_backbone,
                           population=args.population, heartbeat_s=args.heartbeat, grace_s=4 * args.heartbeat,
                           threads=args.threads, quiet=args.quiet)
@@ -130,18 +135,18 @@ def _run(args: argparse.Namespace) -> int:
         print("no finished trial yet")
         return 1
     if not args.quiet:
-        _print_predictor(result["complete"], Path(args.out), args.storage)
+        _print_predictor(result["complete"], Path(args.out), args.storage, args.study_name)
     return 0
 
 
-def _print_predictor(n_complete: int, out: Path, storage: str | None) -> None:
+def _print_predictor(n_complete: int, out: Path, storage: str | None, study_name: str = STUDY_NAME) -> None:
     from ..search.driver import open_results
     from ..search.predictor import predictor_report
     from ..search.results import records
 
     if n_complete < 12:
         return
-    study, _ = open_results(out, storage=storage)
+    study, _ = open_results(out, storage=storage, study_name=study_name)
     rows = [r for r in records(study, complete_only=True) if r["duplicate_of"] is None]
     if len(rows) < 12:
         return
@@ -158,7 +163,7 @@ def _report(args: argparse.Namespace) -> int:
     folder = args.target or args.out
     if not folder:
         raise UsageError("report needs the search folder: effv2 search report DIR")
-    study, space = open_results(folder, storage=args.storage)
+    study, space = open_results(folder, storage=args.storage, study_name=args.study_name)
     rows = write_results(study, space, Path(folder), plot=True)
     if not any(r["state"] == "COMPLETE" for r in rows):
         print(f"{folder}: no finished trial yet ({len(rows)} trials)")
@@ -166,5 +171,5 @@ def _report(args: argparse.Namespace) -> int:
     print(space.to_table())
     print(format_table(rows, limit=None if args.all else 20))
     print(f"wrote {Path(folder) / 'trials.csv'}, {Path(folder) / 'pareto.png'}, {Path(folder) / 'best_spec.json'}")
-    _print_predictor(sum(r["state"] == "COMPLETE" for r in rows), Path(folder), args.storage)
+    _print_predictor(sum(r["state"] == "COMPLETE" for r in rows), Path(folder), args.storage, args.study_name)
     return 0

@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import socket
 import sqlite3
 import sys
 import time
@@ -125,6 +126,22 @@ def _sqlite_connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _rdb_storage(url: str, kw: dict[str, Any], attempts: int = 5) -> optuna.storages.RDBStorage:
+    """RDBStorage, retried when another process is creating the schema at the same moment: on an
+    empty PostgreSQL database two workers started together both run CREATE TABLE, and the loser
+    fails with a unique-constraint IntegrityError; once the winner is done the tables exist."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, **kw)
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1) + random.random() * 0.5)
+    raise AssertionError("unreachable")
+
+
 def open_storage(url: str, *, heartbeat_s: int | None = None, grace_s: int | None = None) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats; a killed worker's trial is re-queued with the same choices."""
     _quiet_optuna()
@@ -135,12 +152,12 @@ def open_storage(url: str, *, heartbeat_s: int | None = None, grace_s: int | Non
         kw.update(heartbeat_interval=heartbeat_s, grace_period=grace_s,
                   heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
     try:
-        return optuna.storages.RDBStorage(url, **kw)
+        return _rdb_storage(url, kw)
     except ImportError:  # SQLAlchemy could not import the dialect's driver
         scheme = url.split(":", 1)[0]
         raise UsageError(f"--storage {scheme}://...{url.split('@')[-1]}: the database driver for {scheme!r} is "
-                         f"missing (PostgreSQL: pip install psycopg2-binary, or psycopg with "
-                         f"postgresql+psycopg://)") from None
+                         f"missing (PostgreSQL: pip install 'effv2[postgres]', i.e. psycopg 3; for psycopg2 "
+                         f"write postgresql+psycopg2://)") from None
     except Exception as exc:  # bad URL, server down, permissions: one line naming the storage
         where = url.split("@")[-1]  # never print a password
         raise UsageError(f"--storage: cannot open {where}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
@@ -203,6 +220,7 @@ class _Worker:
         trial.set_user_attr("params", cost.params)
         trial.set_user_attr("macs", cost.macs)
         trial.set_user_attr("worker", self.index)
+        trial.set_user_attr("process", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, across machines
         if spec == self.space.base:
             trial.set_user_attr("backbone", True)
 
@@ -403,10 +421,18 @@ def _requeue_interrupted(study: optuna.Study) -> list[int]:
     return requeued
 
 
-def _prepare_study(space: SearchSpace, config: SearchConfig, evaluate: Evaluate, task: TaskInfo) -> optuna.Study:
+def _prepare_study(space: SearchSpace, config: SearchConfig, evaluate: Evaluate,
+                   task: TaskInfo) -> tuple[optuna.Study, bool]:
+    """Create or load the study; the bool says whether this process created it. Creation is decided
+    by the database (a unique study name), so of several machines starting together exactly one
+    creates the study and enqueues the backbone."""
     storage = open_storage(config.storage_url)
-    study = optuna.create_study(storage=storage, study_name=config.study_name, direction="maximize",
-                                load_if_exists=True)
+    try:
+        study = optuna.create_study(storage=storage, study_name=config.study_name, direction="maximize")
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=config.study_name, storage=storage)
+        created = False
     stored = study.user_attrs.get("space")
     if stored is None:
         study.set_user_attr("space", space.to_dict())
@@ -419,7 +445,7 @@ def _prepare_study(space: SearchSpace, config: SearchConfig, evaluate: Evaluate,
     elif stored != space.to_dict():
         raise UsageError(f"{config.out_dir}: the study there searches another space ({stored.get('name')!r}); "
                          f"use a new --out or the same --space")
-    return study
+    return study, created
 
 
 def run_search(space: SearchSpace, evaluate: Evaluate, config: SearchConfig, *,
@@ -436,7 +462,7 @@ def run_search(space: SearchSpace, evaluate: Evaluate, config: SearchConfig, *,
     out.mkdir(parents=True, exist_ok=True)
     step_time = step_time or getattr(evaluate, "step_time", None)
     task = task or getattr(evaluate, "task", None) or TaskInfo(image_size=space.train_size)
-    study = _prepare_study(space, config, evaluate, task)
+    study, created = _prepare_study(space, config, evaluate, task)
     deadline = None if config.time_s is None else time.time() + config.time_s
     with _own_dir(out) as owned:
         if owned and config.storage is None:  # OUT/study.db is ours alone: RUNNING means killed
@@ -444,7 +470,7 @@ def run_search(space: SearchSpace, evaluate: Evaluate, config: SearchConfig, *,
             if requeued and not config.quiet:
                 print(f"re-queued {len(requeued)} trial(s) interrupted by a previous run: {requeued}", flush=True)
         existing = study.get_trials(deepcopy=False)
-        if config.include_backbone and not existing and space.contains(space.base):
+        if config.include_backbone and created and space.contains(space.base):
             study.enqueue_trial(space.to_params(space.base), user_attrs={"backbone": True})
         elif existing and not config.quiet:
             done = sum(t.state == TrialState.COMPLETE for t in existing)

@@ -17,7 +17,7 @@ from ..models.spec import ArchSpec
 from .space import SearchSpace
 
 CSV_COLUMNS = ("trial", "state", "genotype", "top1", "top5", "step_ms", "params", "macs", "reward",
-               "screened", "predicted_top1", "duplicate_of", "retry_of", "train_s", "spec", "error")
+               "screened", "predicted_top1", "duplicate_of", "retry_of", "train_s", "process", "spec", "error")
 
 
 def trial_record(t: FrozenTrial) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def trial_record(t: FrozenTrial) -> dict[str, Any]:
         "reward": t.value if t.state == TrialState.COMPLETE else None,
         "screened": a.get("screened", 0), "predicted_top1": a.get("predicted_top1"),
         "duplicate_of": a.get("duplicate_of"), "retry_of": t.system_attrs.get("failed_trial"),
-        "train_s": a.get("train_s"), "backbone": bool(a.get("backbone", False)),
+        "train_s": a.get("train_s"), "backbone": bool(a.get("backbone", False)), "process": a.get("process"),
         "spec": spec, "error": a.get("error"),
     }
 
