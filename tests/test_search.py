@@ -251,3 +251,19 @@ def test_proxy_step_time_is_timed_as_the_trainer_runs(monkeypatch) -> None:
     assert seen["amp"] == amp and seen["channels_last"] is True and seen["optimizer"] == "adamw"
     assert seen["image_size"] == 12 and seen["in_chans"] == 1 and seen["batch_size"] == ev.batch()
     assert ev.describe()["execution"] == {"amp": amp, "channels_last": True, "optimizer": "adamw"}
+
+
+def test_table_shows_each_architecture_once_with_how_often_it_was_proposed() -> None:
+    from effv2.search.results import format_table
+
+    def row(n, geno, top1, step, dup=None, backbone=False):
+        return {"trial": n, "state": "COMPLETE", "genotype": geno, "top1": top1, "step_ms": step, "params": 1e5,
+                "reward": top1 / 100, "backbone": backbone, "duplicate_of": dup}
+
+    rows = [row(0, "F1k3x1", 80.0, 10.0, backbone=True), row(1, "M1k3x2", 90.0, 5.0),
+            row(2, "M1k3x2", 90.0, 5.0, dup=1), row(3, "M1k3x2", 90.0, 5.0, dup=1), row(4, "F4k5x1", 85.0, 20.0)]
+    text = format_table(rows)
+    body = text.splitlines()[2:-1]
+    assert [line[:3] for line in body] == ["1* ", "4  ", "0 b"]
+    assert body[0].split()[-1] == "3" and body[1].split()[-1] == "1"  # seen: proposed 3 times, once
+    assert text.splitlines()[-1].startswith("5 finished, 0 failed (3 distinct architectures trained, 2 re-proposals")

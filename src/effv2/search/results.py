@@ -70,29 +70,39 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def format_table(rows: list[dict[str, Any]], *, limit: int | None = 20) -> str:
-    """Finished trials, best reward first: trial, genotype, top-1, step ms, params, reward.
-    ``*`` marks the Pareto front (accuracy vs step time), ``b`` the backbone."""
-    done = [r for r in rows if r["state"] == "COMPLETE"]
+    """Finished architectures, best reward first: trial, genotype, top-1, step ms, params, reward,
+    and how often the sampler proposed it (``seen``: a converged sampler re-proposes the best
+    choices; those trials reuse the first result and get one row). ``*`` marks the Pareto front
+    (accuracy vs step time), ``b`` the backbone."""
+    finished = [r for r in rows if r["state"] == "COMPLETE"]
+    seen: dict[int, int] = {}
+    for r in finished:
+        if r.get("duplicate_of") is not None:
+            seen[r["duplicate_of"]] = seen.get(r["duplicate_of"], 1) + 1
+    done = [r for r in finished if r.get("duplicate_of") is None]
     front = {r["trial"] for r in pareto_front(done)}
     done.sort(key=lambda r: -r["reward"])
     shown = done if limit is None else done[:limit]
     backbone = [r for r in done if r["backbone"] and r not in shown]
     head = ("trial", "architecture (per stage: F/M expand k kernel x layers +se)", "top1", "step ms", "params",
-            "reward")
+            "reward", "seen")
     lines = [head]
     for r in shown + backbone:
         mark = ("*" if r["trial"] in front else " ") + ("b" if r["backbone"] else " ")
         lines.append((f"{r['trial']}{mark}", r["genotype"], f"{r['top1']:.2f}", f"{r['step_ms']:.2f}",
-                      f"{r['params'] / 1e6:.3f}M", f"{r['reward']:.4f}"))
+                      f"{r['params'] / 1e6:.3f}M", f"{r['reward']:.4f}", str(seen.get(r["trial"], 1))))
     widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
-    numeric = (2, 3, 4, 5)  # right-aligned columns
+    numeric = (2, 3, 4, 5, 6)  # right-aligned columns
     out = ["  ".join(v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(x, widths))).rstrip()
            for x in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     failed = sum(r["state"] == "FAIL" for r in rows)
-    note = f"{len(done)} finished, {failed} failed; * Pareto front (top1 vs step time), b backbone"
+    note = f"{len(finished)} finished, {failed} failed"
+    if len(done) < len(finished):
+        note += f" ({len(done)} distinct architectures trained, {len(finished) - len(done)} re-proposals reused)"
+    note += "; * Pareto front (top1 vs step time), b backbone"
     if limit is not None and len(done) > limit:
-        note += f"; best {limit} of {len(done)} shown (all in trials.csv)"
+        note += f"; best {limit} of {len(done)} shown (all trials in trials.csv)"
     return "\n".join(out) + "\n" + note
 
 
