@@ -108,8 +108,9 @@ def train_for(label: str, model: str, run_dir: Path, budget_s: float, args, n_tr
     ``RUN-fit``. The budget stays a hard stop (time_budget_s)."""
     epochs, _ = epochs_for(model, budget_s, n_train=n_train, batch=128, device=args.device)
     s, planned = _train_once(model, run_dir, epochs, budget_s, args), str(epochs)
-    if s["completed"] and s["train_s"] < 0.85 * budget_s:
-        refit = max(epochs + 1, int(epochs * budget_s / s["train_s"] * 0.95))
+    if s["completed"] and s["train_s"] < 0.85 * budget_s:  # re-plan from what that run measured
+        refit = max(s["epochs"] + 1, int(s["epochs"] * budget_s / s["train_s"] * 0.95))
+        epochs = s["epochs"]
         s, planned = _train_once(model, run_dir.with_name(run_dir.name + "-fit"), refit, budget_s, args), f"{epochs} -> {refit}"
     m = create_model(model, num_classes=10, in_chans=1)
     row = {"label": label, "model": model, "params": count_params(m), "macs": count_macs(m, 28), "epochs": s["epochs"],

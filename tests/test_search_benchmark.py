@@ -55,6 +55,18 @@ def test_a_run_that_ends_early_is_replanned_and_trained_again(sf, tmp_path, monk
     # 5 epochs took 50 s of a 100 s budget: re-planned to int(5 * 100 / 50 * 0.95) = 9 epochs, from scratch
     assert calls == [("mini", 5, ["time_budget_s=100"]), ("mini-fit", 9, ["time_budget_s=100"])]
     assert row["planned"] == "5 -> 9" and row["epochs"] == 9
+    # a rerun re-plans from the finished calibration run, whatever a new step timing says
+    calls.clear()
+    monkeypatch.setattr(sf, "epochs_for", lambda *a, **k: (2, 1.0))
+    monkeypatch.setattr(sf, "_train_once", lambda model, run_dir, epochs, budget_s, args: (
+        calls.append((Path(run_dir).name, epochs)) or
+        {"epochs": 5 if Path(run_dir).name == "mini" else epochs, "completed": True,
+         "train_s": 50.0 if Path(run_dir).name == "mini" else 95.0, "img_per_s": 1.0, "test_top1": 90.0}))
+    assert sf.train_for("mini", "efficientnetv2_pico", tmp_path / "mini", 100.0, args, 1000)["planned"] == "5 -> 9"
+    assert calls == [("mini", 2), ("mini-fit", 9)]
+    monkeypatch.undo()
+    monkeypatch.setattr(sf, "train", fake_train)
+    monkeypatch.setattr(sf, "epochs_for", lambda *a, **k: (5, 1.0))
     calls.clear()
     sf.train_for("mini", "efficientnetv2_pico", tmp_path / "other", 55.0, args, 1000)
     assert [c[0] for c in calls] == ["other"]  # 50 s of 55 s is within 85%: kept
