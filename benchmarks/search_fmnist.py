@@ -105,13 +105,18 @@ def train_for(label: str, model: str, run_dir: Path, budget_s: float, args, n_tr
     timed step; when that run finishes below 85% of the budget (small nets pay relatively more
     for data and evaluation than the step estimate says, or less), it was a calibration: the epochs
     are re-planned from its measured time and the model is trained again from scratch in
-    ``RUN-fit``. The budget stays a hard stop (time_budget_s)."""
+    ``RUN-fit`` (and once more in ``RUN-fit2`` if that is still short). The budget stays a hard
+    stop (time_budget_s)."""
     epochs, _ = epochs_for(model, budget_s, n_train=n_train, batch=128, device=args.device)
-    s, planned = _train_once(model, run_dir, epochs, budget_s, args), str(epochs)
-    if s["completed"] and s["train_s"] < 0.85 * budget_s:  # re-plan from what that run measured
+    s = _train_once(model, run_dir, epochs, budget_s, args)
+    plan = [str(s["epochs"])]
+    for suffix in ("-fit", "-fit2"):  # at most two re-plans, each from what the previous run measured
+        if not (s["completed"] and s["train_s"] < 0.85 * budget_s):
+            break
         refit = max(s["epochs"] + 1, int(s["epochs"] * budget_s / s["train_s"] * 0.95))
-        epochs = s["epochs"]
-        s, planned = _train_once(model, run_dir.with_name(run_dir.name + "-fit"), refit, budget_s, args), f"{epochs} -> {refit}"
+        s = _train_once(model, run_dir.with_name(run_dir.name + suffix), refit, budget_s, args)
+        plan.append(str(refit))
+    planned = " -> ".join(plan)
     m = create_model(model, num_classes=10, in_chans=1)
     row = {"label": label, "model": model, "params": count_params(m), "macs": count_macs(m, 28), "epochs": s["epochs"],
            "planned": planned, "completed": s["completed"], "train_s": s["train_s"], "img_per_s": s["img_per_s"],
