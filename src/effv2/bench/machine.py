@@ -231,8 +231,8 @@ def fast_defaults(device: str | torch.device = "cpu", *, batch_size: int | None 
     * channels_last: 1.2x train and infer alone; it is also what makes bf16 pay (oneDNN's AMX
       kernels want NHWC). On CUDA NHWC is what tensor-core convs use (NVIDIA, PyTorch docs): on.
     * bf16 autocast: with channels_last 1.57-1.65x train, 2.0-2.2x infer with AMX; on a 2-core AMD
-      EPYC with AVX512-BF16 and no AMX, 1 thread: mini @28 train 1.73x, infer 1.58x; b0 @128 train
-      1.23x, infer 1.75x (benchmarks/RESULTS.md). Without either flag bf16 is emulated: off. CUDA: bf16 on Ampere and newer, fp16 before (needs a
+      EPYC with AVX512-BF16 and no AMX, 1 thread, over fp32 channels_last: b0 @128 train 1.50x,
+      infer 1.52x; mini @28 train 1.60x, infer 1.59x (docs/readme/bench.md, second study). Without either flag bf16 is emulated: off. CUDA: bf16 on Ampere and newer, fp16 before (needs a
       GradScaler when training).
     * fold_bn_infer: 1.1x alone, 1.2x on top of bf16 + channels_last; on CUDA it removes one
       kernel per conv and never adds work: on.

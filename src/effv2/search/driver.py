@@ -132,14 +132,12 @@ def _rdb_storage(url: str, kw: dict[str, Any], attempts: int = 5) -> optuna.stor
     fails with a unique-constraint IntegrityError; once the winner is done the tables exist."""
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-    for attempt in range(attempts):
+    for attempt in range(attempts - 1):
         try:
             return optuna.storages.RDBStorage(url, **kw)
         except (IntegrityError, ProgrammingError):
-            if attempt == attempts - 1:
-                raise
             time.sleep(0.5 * (attempt + 1) + random.random() * 0.5)
-    raise AssertionError("unreachable")
+    return optuna.storages.RDBStorage(url, **kw)  # the last attempt raises whatever it raises
 
 
 def open_storage(url: str, *, heartbeat_s: int | None = None, grace_s: int | None = None) -> optuna.storages.RDBStorage:
