@@ -100,14 +100,16 @@ def _train_once(model: str, run_dir: Path, epochs: int, budget_s: float, args) -
                  resume=(run_dir / "checkpoints" / "last.safetensors").exists())
 
 
-def train_for(label: str, model: str, run_dir: Path, budget_s: float, args, n_train: int) -> dict:
+def train_for(label: str, model: str, run_dir: Path, budget_s: float, args, n_train: int,
+              epochs: int | None = None) -> dict:
     """Train with the default recipe for about ``budget_s`` of wall time. Epochs are planned from a
     timed step; when that run finishes below 85% of the budget (small nets pay relatively more
     for data and evaluation than the step estimate says, or less), it was a calibration: the epochs
     are re-planned from its measured time and the model is trained again from scratch in
     ``RUN-fit`` (and once more in ``RUN-fit2`` if that is still short). The budget stays a hard
     stop (time_budget_s)."""
-    epochs, _ = epochs_for(model, budget_s, n_train=n_train, batch=128, device=args.device)
+    if epochs is None:
+        epochs, _ = epochs_for(model, budget_s, n_train=n_train, batch=128, device=args.device)
     s = _train_once(model, run_dir, epochs, budget_s, args)
     plan = [str(s["epochs"])]
     for suffix in ("-fit", "-fit2"):  # at most two re-plans, each from what the previous run measured
@@ -115,7 +117,7 @@ def train_for(label: str, model: str, run_dir: Path, budget_s: float, args, n_tr
             break
         refit = max(s["epochs"] + 1, int(s["epochs"] * budget_s / s["train_s"] * 0.95))
         s = _train_once(model, run_dir.with_name(run_dir.name + suffix), refit, budget_s, args)
-        plan.append(str(refit))
+        plan.append(str(s["epochs"]))  # what the run in that folder trained (a reused one may differ)
     planned = " -> ".join(plan)
     m = create_model(model, num_classes=10, in_chans=1)
     row = {"label": label, "model": model, "params": count_params(m), "macs": count_macs(m, 28), "epochs": s["epochs"],
@@ -123,6 +125,72 @@ def train_for(label: str, model: str, run_dir: Path, budget_s: float, args, n_tr
            "test_top1": s.get("test_top1")}
     print(json.dumps(row), flush=True)
     return row
+
+
+def scale_pick(pick: dict, out: Path, budget_s: float, args) -> tuple[Path, int]:
+    """EfficientNet's second step: the accuracy pick compound-scaled (effv2 scale, default
+    coefficients, image size capped at 28 px so the growth goes to width and depth) to the training
+    step time at which the default recipe's ``args.scale_epochs`` epochs fill the budget. The target
+    comes from the pick's own final run: its seconds per epoch, times the ratio of step times.
+    Returns the card (OUT/scaled_pick_spec.json, reused) and the epochs planned for it."""
+    from effv2.search.scale import ScaleLimits, latency_measure, scale_to_target
+
+    path = out / "scaled_pick_spec.json"
+    dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    measure = latency_measure(mode="train", batch_size=256, in_chans=1, num_classes=10, device=dev, steps=5, warmup=2)
+    pick_epoch_s = pick["train_s"] / pick["epochs"]
+    if not path.is_file():
+        card = get_card(str(out / "accuracy_pick_spec.json"))
+        pick_ms = measure(card)
+        target_ms = pick_ms * (0.95 * budget_s / args.scale_epochs) / pick_epoch_s
+        res = scale_to_target(card, "latency_ms", target_ms, limits=ScaleLimits(max_size=28), in_chans=1,
+                              num_classes=10, measure=measure)
+        d = res.to_dict()
+        d["name"] = f"{json.loads((out / 'accuracy_pick_spec.json').read_text())['name']}_scaled"
+        d["scaling"].update(pick_ms=pick_ms, pick_epoch_s=pick_epoch_s, recipe_epochs=args.scale_epochs)
+        path.write_text(json.dumps(d, indent=2) + "\n")
+    sc = json.loads(path.read_text())["scaling"]
+    epochs = max(1, int(0.95 * budget_s / (sc["pick_epoch_s"] * sc["achieved"]["latency_ms"] / sc["pick_ms"])))
+    return path, epochs
+
+
+def _seed_run(job: tuple) -> dict:
+    """One extra-seed final run in its own process (``--jobs``): the same epochs and budget as the
+    planned run, another seed."""
+    model, run_dir, epochs, budget_s, args, threads = job
+    if threads:
+        torch.set_num_threads(threads)
+    return _train_once(model, Path(run_dir), epochs, budget_s, args)
+
+
+def more_seeds(finals: list[dict], names: list[str], out: Path, budget_s: float, args) -> None:
+    """Train the final models named in ``args.seed_arms`` (all when empty) ``args.seeds - 1`` more
+    times (seeds ``args.seed + k``) with the epochs their planned run settled on, ``args.jobs`` at a
+    time, seed by seed so that the arms of one seed run side by side under the same load, and add
+    the test top-1 of all seeds to each row (``seed_top1``, mean and sample std). Runs go to
+    ``OUT/final/NAME-seedK`` and are reused by a rerun."""
+    import statistics
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    arms = [(f, name) for f, name in zip(finals, names) if not args.seed_arms or name in args.seed_arms]
+    jobs = [(f["model"], str(out / "final" / f"{name}-seed{k}"), f["epochs"], budget_s,
+             argparse.Namespace(**{**vars(args), "seed": args.seed + k}), args.threads)
+            for k in range(1, args.seeds) for f, name in arms]
+    if args.jobs <= 1:
+        done = [_seed_run(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+            done = list(pool.map(_seed_run, jobs))
+    for i, (f, _) in enumerate(arms):
+        runs = [f] + done[i::len(arms)]
+        f["seed_top1"] = [r["test_top1"] for r in runs]
+        f["seed_epochs"] = [r["epochs"] for r in runs]
+        f["seed_train_s"] = [r["train_s"] for r in runs]
+        f["mean_top1"] = statistics.fmean(f["seed_top1"])
+        f["std_top1"] = statistics.stdev(f["seed_top1"])
+        print(json.dumps({"label": f["label"], "seed_top1": f["seed_top1"], "mean": f["mean_top1"],
+                          "std": f["std_top1"]}), flush=True)
 
 
 def main() -> int:
@@ -145,6 +213,15 @@ def main() -> int:
     ap.add_argument("--no-search", action="store_true",
                     help="use the finished search in --out as it is (no new trials); train and record")
     ap.add_argument("--no-accuracy-pick", action="store_true", help="train only the best-reward architecture")
+    ap.add_argument("--scale-epochs", type=int, default=16,
+                    help="also train the accuracy pick compound-scaled so that this many epochs of the default "
+                         "recipe fill --train-time (the recipe's own length: 2 stages of 8); 0 skips it")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="train each final model with this many seeds (the extra ones reuse the planned epochs)")
+    ap.add_argument("--seed-arms", type=lambda v: [a for a in v.split(",") if a], default=[],
+                    help="which final models get the extra seeds: comma list of found, accuracy, mini (default all)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="extra-seed runs side by side (each with --threads threads)")
     args = ap.parse_args()
     out = Path(args.out)
     trials, search_s = parse_budget(args.search_time)
@@ -183,6 +260,14 @@ def main() -> int:
         picks.append((f"accuracy pick (trial {acc['trial']})", str(out / "accuracy_pick_spec.json"), "accuracy"))
     picks.append(("efficientnetv2_mini (demo)", BACKBONE, "mini"))
     finals = [train_for(label, model, out / "final" / name, train_s, args, n_train) for label, model, name in picks]
+    if acc is not None and not args.no_accuracy_pick and args.scale_epochs:
+        pick_row = next(f for f, (_, _, name) in zip(finals, picks) if name == "accuracy")
+        scaled, scaled_epochs = scale_pick(pick_row, out, train_s, args)
+        picks.insert(-1, (f"accuracy pick scaled to {args.scale_epochs} epochs", str(scaled), "scaled"))
+        finals.insert(-1, train_for(picks[-2][0], str(scaled), out / "final" / "scaled", train_s, args, n_train,
+                                    epochs=scaled_epochs))
+    if args.seeds > 1:
+        more_seeds(finals, [name for _, _, name in picks], out, train_s, args)
 
     # 3. the record ------------------------------------------------------------------------------
     best_card = json.loads((out / "best_spec.json").read_text())
@@ -214,6 +299,13 @@ def main() -> int:
         pick = get_card(str(out / "accuracy_pick_spec.json"))
         lines += [f"Accuracy pick ({json.loads((out / 'accuracy_pick_spec.json').read_text())['notes']}):", "",
                   "```", pick.spec.to_table(), "```", ""]
+    if (out / "scaled_pick_spec.json").is_file() and any(f["model"].endswith("scaled_pick_spec.json") for f in finals):
+        sc = json.loads((out / "scaled_pick_spec.json").read_text())["scaling"]
+        scaled = get_card(str(out / "scaled_pick_spec.json"))
+        lines += [f"Accuracy pick scaled ({scaled.notes}; target: a training step of "
+                  f"{sc['value']:.1f} ms at batch 256 = {sc['recipe_epochs']} epochs of {sc['pick_epoch_s']:.1f} s x "
+                  f"{sc['value'] / sc['pick_ms']:.2f} in the budget; measured {sc['achieved']['latency_ms']:.1f} ms vs "
+                  f"the pick's {sc['pick_ms']:.1f} ms):", "", "```", scaled.spec.to_table(), "```", ""]
     if pred:
         lines += [f"- predictor on held-out trials: " + "; ".join(
             f"{m}: Spearman {r['spearman']:.3f}, MAE {r['mae']:.2f} ({r['n_test']} test / {r['n_train']} fit)"
@@ -228,6 +320,18 @@ def main() -> int:
           f"{'' if f['test_top1'] is None else format(f['test_top1'], '.2f')} |" for f in finals],
         "",
     ]
+    if args.seeds > 1:
+        lines += [
+            f"Seeds {args.seed}..{args.seed + args.seeds - 1} (seed {args.seed} is the run above; the others reuse its "
+            f"epochs, {args.jobs} run(s) side by side, {args.threads or torch.get_num_threads()} thread(s) each):",
+            "",
+            "| model | test top-1 per seed (%) | mean +- std (%) | train time per seed (s) |",
+            "|---|---|---|---|",
+            *[f"| {f['label']} | {', '.join(f'{t:.2f}' for t in f['seed_top1'])} | "
+              f"{f['mean_top1']:.2f} +- {f['std_top1']:.2f} | {', '.join(f'{t:.0f}' for t in f['seed_train_s'])} |"
+              for f in finals if "seed_top1" in f],
+            "",
+        ]
     text = "\n".join(lines)
     print(text)
     if not args.no_record:

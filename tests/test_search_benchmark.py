@@ -73,3 +73,49 @@ def test_a_run_that_ends_early_is_replanned_and_trained_again(sf, tmp_path, monk
     calls.clear()
     sf.train_for("mini", "efficientnetv2_pico", tmp_path / "other", 55.0, args, 1000)
     assert [c[0] for c in calls] == ["other"]  # 50 s of 55 s is within 85%: kept
+
+
+def test_extra_seeds_reuse_the_planned_epochs_and_report_mean_and_std(sf, tmp_path, monkeypatch) -> None:
+    calls = []
+    top1 = {("acc", 1): 92.0, ("acc", 2): 92.5, ("mini", 1): 91.0, ("mini", 2): 91.5}
+
+    def fake_once(model, run_dir, epochs, budget_s, args):
+        arm, k = Path(run_dir).name.split("-seed")
+        calls.append((Path(run_dir).name, epochs, budget_s, args.seed))
+        return {"epochs": epochs, "train_s": 50.0, "test_top1": top1[arm, int(k)]}
+
+    monkeypatch.setattr(sf, "_train_once", fake_once)
+    finals = [{"label": "f", "model": "x.json", "epochs": 30, "test_top1": 90.0, "train_s": 60.0},
+              {"label": "a", "model": "y.json", "epochs": 20, "test_top1": 92.0, "train_s": 61.0},
+              {"label": "m", "model": "efficientnetv2_mini", "epochs": 9, "test_top1": 91.0, "train_s": 62.0}]
+    args = types.SimpleNamespace(seeds=3, seed=10, jobs=1, threads=None, seed_arms=["acc", "mini"])
+    sf.more_seeds(finals, ["found", "acc", "mini"], tmp_path, 100.0, args)
+    # seed by seed, the arms of one seed next to each other; the found arm was not asked for
+    assert calls == [("acc-seed1", 20, 100.0, 11), ("mini-seed1", 9, 100.0, 11),
+                     ("acc-seed2", 20, 100.0, 12), ("mini-seed2", 9, 100.0, 12)]
+    assert "seed_top1" not in finals[0]
+    assert finals[1]["seed_top1"] == [92.0, 92.0, 92.5] and finals[1]["mean_top1"] == pytest.approx(92.5 / 3 + 184 / 3)
+    assert finals[2]["std_top1"] == pytest.approx(0.288675, abs=1e-6)  # sample std of 91.0, 91.0, 91.5
+
+
+def test_scale_pick_targets_the_step_time_at_which_the_recipe_epochs_fill_the_budget(sf, tmp_path, monkeypatch) -> None:
+    import effv2.search.scale as scale
+    from effv2.models import get_card
+
+    space = get_space("mini")
+    card = {"name": "pick", **space.card(space.base)}
+    (tmp_path / "accuracy_pick_spec.json").write_text(json.dumps(card))
+    # a latency that is MACs: deterministic, and it grows with phi as a real one does
+    fake = lambda **kw: (lambda c: scale.count(c, in_chans=1, num_classes=10)["macs"] / 1e5)
+    monkeypatch.setattr(scale, "latency_measure", fake)
+    pick_ms = fake()(get_card(str(tmp_path / "accuracy_pick_spec.json")))
+    args = types.SimpleNamespace(device="cpu", scale_epochs=8)
+    # the pick ran 20 epochs of 10 s in a 400 s budget: 8 epochs fill 0.95 * 400 s at 47.5 s each, 4.75x the step
+    path, epochs = sf.scale_pick({"train_s": 200.0, "epochs": 20}, tmp_path, 400.0, args)
+    d = json.loads(path.read_text())
+    assert d["scaling"]["value"] == pytest.approx(4.75 * pick_ms)
+    assert abs(d["scaling"]["error_pct"]) < 15 and d["eval_size"] == 28 == d["train_size"]  # capped at 28 px
+    got = d["scaling"]["achieved"]["latency_ms"]
+    assert epochs == int(380.0 / (10.0 * got / pick_ms))
+    create_model(str(path), num_classes=10, in_chans=1)
+    assert sf.scale_pick({"train_s": 200.0, "epochs": 20}, tmp_path, 400.0, args) == (path, epochs)  # reused
