@@ -128,12 +128,14 @@ def train_for(label: str, model: str, run_dir: Path, budget_s: float, args, n_tr
 
 
 def scale_pick(pick: dict, out: Path, budget_s: float, args) -> tuple[Path, int]:
-    """EfficientNet's second step: the accuracy pick compound-scaled (effv2 scale, default
-    coefficients, image size capped at 28 px so the growth goes to width and depth) to the training
-    step time at which the default recipe's ``args.scale_epochs`` epochs fill the budget. The target
-    comes from the pick's own final run: its seconds per epoch, times the ratio of step times.
+    """EfficientNet's second step: the accuracy pick scaled (effv2 scale) to the training step time
+    at which the default recipe's ``args.scale_epochs`` epochs fill the budget. The target comes
+    from the pick's own final run: its seconds per epoch, times the ratio of step times (timed as
+    the trainer runs, batch 256 at 28 px). Width only (alpha = gamma = 1): the image stays at the
+    data's 28 px, and depth moves in whole layers rounded up (EfficientNet's ceil), which doubles
+    the pick's 1-layer stages at any phi > 0 (2.5x the step), past the target.
     Returns the card (OUT/scaled_pick_spec.json, reused) and the epochs planned for it."""
-    from effv2.search.scale import ScaleLimits, latency_measure, scale_to_target
+    from effv2.search.scale import Coefficients, ScaleLimits, latency_measure, scale_to_target
 
     path = out / "scaled_pick_spec.json"
     dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
@@ -143,11 +145,13 @@ def scale_pick(pick: dict, out: Path, budget_s: float, args) -> tuple[Path, int]
         card = get_card(str(out / "accuracy_pick_spec.json"))
         pick_ms = measure(card)
         target_ms = pick_ms * (0.95 * budget_s / args.scale_epochs) / pick_epoch_s
-        res = scale_to_target(card, "latency_ms", target_ms, limits=ScaleLimits(max_size=28), in_chans=1,
+        res = scale_to_target(card, "latency_ms", target_ms, coeffs=Coefficients(alpha=1.0, beta=1.1, gamma=1.0),
+                              limits=ScaleLimits(max_size=28), in_chans=1,
                               num_classes=10, measure=measure)
         d = res.to_dict()
         d["name"] = f"{json.loads((out / 'accuracy_pick_spec.json').read_text())['name']}_scaled"
-        d["scaling"].update(pick_ms=pick_ms, pick_epoch_s=pick_epoch_s, recipe_epochs=args.scale_epochs)
+        d["scaling"].update(pick_ms=pick_ms, pick_epoch_s=pick_epoch_s, recipe_epochs=args.scale_epochs,
+                            execution=getattr(measure, "execution", None))
         path.write_text(json.dumps(d, indent=2) + "\n")
     sc = json.loads(path.read_text())["scaling"]
     epochs = max(1, int(0.95 * budget_s / (sc["pick_epoch_s"] * sc["achieved"]["latency_ms"] / sc["pick_ms"])))

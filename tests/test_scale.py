@@ -126,3 +126,24 @@ def test_cli_writes_a_card_that_builds(tmp_path, capsys) -> None:
     assert main(["scale", "--spec", "nope", "--target", "params", "3M"]) == 2
     assert main(["scale", "--spec", "efficientnetv2_mini", "--target", "params", "3M", "--method", "lacs"]) == 2
     assert "latency target" in capsys.readouterr().err
+
+
+def test_latency_is_timed_as_the_trainer_runs_on_this_device(monkeypatch) -> None:
+    import torch
+
+    import effv2.bench.timing as timing
+    from effv2.bench.machine import fast_defaults
+    from effv2.search.scale import latency_measure
+
+    seen = []
+    monkeypatch.setattr(timing, "time_train_step", lambda model, **kw: seen.append(kw) or {"step_s": 0.004})
+    auto = latency_measure(mode="train", batch_size=256, in_chans=1, num_classes=10)
+    fast = fast_defaults(torch.device("cpu"), batch_size=256)
+    assert auto.execution == {"amp": fast["amp"], "channels_last": bool(fast["channels_last"])}
+    assert auto(PICO) == pytest.approx(4.0)
+    assert seen[-1]["amp"] == fast["amp"] and seen[-1]["channels_last"] == bool(fast["channels_last"])
+    assert seen[-1]["image_size"] == PICO.train_size and seen[-1]["batch_size"] == 256
+    plain = latency_measure(mode="train", amp="none", channels_last=False)
+    assert plain.execution == {"amp": "none", "channels_last": False}
+    with pytest.raises(UsageError, match="--amp 'fp8'"):
+        latency_measure(amp="fp8")

@@ -50,6 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=1, help="latency batch size (default 1)")
     g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     g.add_argument("--threads", type=int, help="torch CPU threads while timing")
+    g.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
+                   help="autocast while timing (default auto: what effv2 trains with on this device)")
+    g.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                   help="memory format while timing (default auto: the trainer's)")
     g = p.add_argument_group("LACS accuracy proxy")
     g.add_argument("--accuracy-proxy", choices=("macs", "train"),
                    help="train: proxy-train each candidate on --data (LACS proper; default when --data is given) | "
@@ -87,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     measure = None
     if metric == "latency_ms" or args.method == "lacs":
         measure = latency_measure(mode=args.latency_mode, batch_size=args.batch_size, in_chans=in_chans,
-                                  num_classes=args.num_classes, device=args.device)
+                                  num_classes=args.num_classes, device=args.device, amp=args.amp,
+                                  channels_last={"on": True, "off": False}.get(args.channels_last, "auto"))
     log = None if args.json else print
     if args.method == "lacs":
         if metric != "latency_ms":
@@ -119,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
     c = result.card
     print(c.notes)
     print(c.spec.to_table())
-    lat = f", latency {achieved['latency_ms']:.2f} ms ({args.latency_mode}, batch {args.batch_size}, {args.device})" \
-        if "latency_ms" in achieved else ""
+    ex = getattr(measure, "execution", {})
+    lat = (f", latency {achieved['latency_ms']:.2f} ms ({args.latency_mode}, batch {args.batch_size}, {args.device}, "
+           f"amp {ex.get('amp')}, channels_last {ex.get('channels_last')})") if "latency_ms" in achieved else ""
     print(f"target {metric} {value:g}: achieved {achieved[metric]:.4g} ({result.error_pct:+.2f}%) with phi "
           f"{result.phi:.4f} after {result.evaluations} evaluations")
     print(f"params {achieved['params'] / 1e6:.3f}M, MACs {achieved['macs'] / 1e9:.3f}G at {c.eval_size} px{lat}; "

@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+import torch
+
 from ..errors import UsageError
 from ..models.efficientnetv2 import EfficientNetV2
 from ..models.spec import ModelCard
@@ -182,24 +184,35 @@ def scale_to_target(card: ModelCard, target: str, value: float, *, coeffs: Coeff
 
 # -- latency ---------------------------------------------------------------------------------------
 def latency_measure(*, mode: str = "infer", batch_size: int = 1, in_chans: int = 3, num_classes: int = 1000,
-                    device: str = "cpu", steps: int = 10, warmup: int = 3) -> Measure:
+                    device: str = "cpu", steps: int = 10, warmup: int = 3, amp: str = "auto",
+                    channels_last: str | bool = "auto") -> Measure:
     """A measure(card) -> ms: ``infer`` at the eval size or ``train`` (one step) at the train size,
-    median of ``steps`` after ``warmup`` (effv2.bench.timing)."""
+    median of ``steps`` after ``warmup`` (effv2.bench.timing). ``amp`` and ``channels_last``
+    default to what the trainer runs on this device ("auto": effv2's fast defaults), so a
+    latency target means the step effv2 will actually take; ``measure.execution`` says which."""
     from ..bench.timing import time_infer, time_train_step
+    from ..training.trainer import resolve_amp, resolve_channels_last
 
     if mode not in ("infer", "train"):
         raise UsageError(f"--latency-mode {mode!r} is not one of infer, train")
+    if amp not in ("auto", "none", "bf16", "fp16"):
+        raise UsageError(f"--amp {amp!r} is not one of auto, none, bf16, fp16")
+    dev = torch.device(device)
+    dtype = resolve_amp(amp, dev, batch_size)
+    ex = {"amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+          "channels_last": resolve_channels_last(channels_last, dev)}
 
     def measure(card: ModelCard) -> float:
         model = EfficientNetV2(card.spec, num_classes=num_classes, in_chans=in_chans, drop_rate=0.0, drop_path_rate=0.0)
         if mode == "infer":
             res = time_infer(model, batch_size=batch_size, image_size=card.eval_size, in_chans=in_chans,
-                             steps=steps, warmup=warmup, device=device)
+                             steps=steps, warmup=warmup, device=device, **ex)
         else:
             res = time_train_step(model, batch_size=batch_size, image_size=card.train_size, in_chans=in_chans,
-                                  num_classes=num_classes, steps=steps, warmup=warmup, device=device)
+                                  num_classes=num_classes, steps=steps, warmup=warmup, device=device, **ex)
         return 1e3 * float(res["step_s"])
 
+    measure.execution = ex  # type: ignore[attr-defined]
     return measure
 
 

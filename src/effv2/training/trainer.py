@@ -81,7 +81,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_amp(amp: str, device: torch.device, batch_size: int | None = None) -> torch.dtype | None:
     """'auto' = effv2's measured fast default for this device (bench.machine.fast_defaults):
-    bf16 on CPUs with AMX and on Ampere+ GPUs, fp16 on older GPUs, off elsewhere."""
+    bf16 on CPUs with native bf16 (AMX or AVX512-BF16) and on Ampere+ GPUs, fp16 on older GPUs, off elsewhere."""
     if amp == "auto":
         from ..bench.machine import fast_defaults
 
