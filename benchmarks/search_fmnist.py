@@ -206,6 +206,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--proxy-epochs", type=int, default=3)
+    ap.add_argument("--proxy-time", default=None,
+                    help="equal-time proxy (effv2 search --proxy-time): epochs per trial fit this time, e.g. 60s")
     ap.add_argument("--proxy-size", type=int, default=20)
     ap.add_argument("--train-subset", type=int, default=12000)
     ap.add_argument("--val-subset", type=int, default=3000)
@@ -239,7 +241,8 @@ def main() -> int:
     space = get_space("mini")
     evaluate = ProxyEvaluator(data="fashion-mnist", backbone=BACKBONE, data_dir=args.data_dir, epochs=args.proxy_epochs,
                               image_size=args.proxy_size, train_subset=args.train_subset, val_subset=args.val_subset,
-                              device=args.device, seed=args.seed)
+                              device=args.device, seed=args.seed,
+                              equal_time_s=parse_budget(args.proxy_time)[1] if args.proxy_time else None)
     print(space.to_table(), flush=True)
     if args.no_search:  # top the study up to what it holds: no new trial
         trials, search_s = sum(t.state.name == "COMPLETE" for t in open_results(out)[0].trials), None
@@ -283,7 +286,8 @@ def main() -> int:
         f"- command: `{cmd.strip()}`",
         f"- machine: {machine(args.device)}; torch {torch.__version__}",
         f"- search: sampler {args.sampler}, {result['complete']} finished trials ({result['failed']} failed), "
-        f"{args.workers} worker(s); proxy {args.proxy_epochs} epochs at {args.proxy_size} px on "
+        f"{args.workers} worker(s); proxy "
+        f"{'epochs fitting ' + args.proxy_time if args.proxy_time else str(args.proxy_epochs) + ' epochs'} at {args.proxy_size} px on "
         f"{args.train_subset} train images, scored on {args.val_subset} val images",
         f"- reward = A * (S / S_backbone)^-0.07 * (P / P_backbone)^-0.05; found: trial {result['best']['trial']} "
         f"`{genotype(found.spec)}` ({best_card['notes']})",

@@ -205,6 +205,9 @@ def test_cli_dry_run_report_and_space(tmp_path, capsys) -> None:
     assert "not a search folder" in capsys.readouterr().err
     assert main(["search", "--space", "pico", "--budget", "2", "--out", str(out / "x")]) == 2
     assert "--data is required" in capsys.readouterr().err
+    assert main(["search", "--evaluator", "synthetic", "--budget", "2", "--out", str(out / "y"),
+                 "--proxy-time", "12"]) == 2  # a bare number is trials, not a time
+    assert "--proxy-time '12': expected a time" in capsys.readouterr().err
 
 
 def test_postgres_without_a_driver_or_a_server_is_a_one_line_error(tmp_path) -> None:
@@ -267,3 +270,64 @@ def test_table_shows_each_architecture_once_with_how_often_it_was_proposed() -> 
     assert [line[:3] for line in body] == ["1* ", "4  ", "0 b"]
     assert body[0].split()[-1] == "3" and body[1].split()[-1] == "1"  # seen: proposed 3 times, once
     assert text.splitlines()[-1].startswith("5 finished, 0 failed (3 distinct architectures trained, 2 re-proposals")
+
+
+def test_equal_time_epochs() -> None:
+    from effv2.search.evaluators import equal_time_epochs
+
+    # 50 steps of 0.1 s plus 20% for data and evaluation: 6 s per epoch
+    assert equal_time_epochs(60.0, step_s=0.1, steps_per_epoch=50) == 10
+    assert equal_time_epochs(59.9, step_s=0.1, steps_per_epoch=50) == 9
+    assert equal_time_epochs(1.0, step_s=0.1, steps_per_epoch=50) == 1  # always at least one epoch
+    assert equal_time_epochs(60.0, step_s=0.1, steps_per_epoch=50, overhead=1.0) == 12
+    with pytest.raises(UsageError, match="equal-time proxy"):
+        equal_time_epochs(60.0, step_s=0.0, steps_per_epoch=50)
+
+
+def test_equal_time_proxy_gives_a_slower_net_fewer_epochs(monkeypatch, tmp_path) -> None:
+    """--proxy-time: the epochs of each trial come from the step time measured for its reward, so
+    every candidate gets the same training time, not the same number of epochs."""
+    import types
+
+    import effv2.bench.timing as timing
+    import effv2.training.api as api
+    from effv2.search.evaluators import ProxyEvaluator
+
+    space = get_space("pico")
+    fast, slow = space.base, ArchSpec.from_dict({**space.base.to_dict(), "width_mult": 2.0})
+    steps = {fast: 0.01, slow: 0.04}
+    monkeypatch.setattr(timing, "time_train_step", lambda model, **kw: {"step_s": steps[model.spec]})
+    got = []
+    monkeypatch.setattr(api, "train", lambda card, data, run_dir, *, overrides, **kw: (
+        got.append(overrides) or {"top1": 50.0, "train_s": 1.0}))
+    ev = ProxyEvaluator(data="fashion-mnist", image_size=12, equal_time_s=60.0, epochs=3)
+    ev._bundle = types.SimpleNamespace(source="fashion-mnist", in_chans=1, num_classes=10)
+    ev._bundle.train = [0] * (100 * ev.batch())  # 100 steps per epoch
+    ev.step_time(fast), ev.step_time(slow)  # what the search does first, for the reward's S
+    monkeypatch.setattr(timing, "time_train_step", lambda model, **kw: pytest.fail("timed twice"))
+    assert ev(fast, tmp_path)["proxy_epochs"] == 50  # 60 s / (1.2 * 0.01 s * 100 steps)
+    assert ev(slow, tmp_path)["proxy_epochs"] == 12
+    assert got[0][-1] == "epochs=50" and got[1][-1] == "epochs=12"
+    plain = ProxyEvaluator(data="fashion-mnist", image_size=12, epochs=3, overrides=("epochs=7",))
+    plain._bundle = ev._bundle
+    plain(fast, tmp_path)
+    assert got[-1][-1] == "epochs=7"  # fixed epochs: the user's --set still wins
+    with pytest.raises(UsageError, match="--proxy-time"):
+        ProxyEvaluator(data="fashion-mnist", equal_time_s=0.0)
+
+
+def test_resuming_with_another_proxy_is_refused(tmp_path) -> None:
+    class Described:
+        def __init__(self, epochs):
+            self.epochs = epochs
+
+        def __call__(self, spec, trial_dir):
+            return evaluate(spec, trial_dir)
+
+        def describe(self):
+            return {"kind": "proxy", "data": "fashion-mnist", "epochs": self.epochs, "overrides": ["a=1"]}
+
+    run_search(SPACE, Described(3), config(tmp_path, trials=2), step_time=step_time, task=TASK)
+    run_search(SPACE, Described(3), config(tmp_path, trials=3), step_time=step_time, task=TASK)  # same proxy: fine
+    with pytest.raises(UsageError, match=r"proxy epochs=3, this command uses 5"):
+        run_search(SPACE, Described(5), config(tmp_path, trials=4), step_time=step_time, task=TASK)

@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--no-backbone", action="store_true", help="do not train the backbone itself as trial 0")
     g = p.add_argument_group("proxy training (each trial)")
     g.add_argument("--proxy-epochs", type=int, default=10, help="epochs per trial (paper: about 10)")
+    g.add_argument("--proxy-time", metavar="TIME",
+                   help="equal-time proxy: each trial trains for as many epochs as fit in TIME (90s, 2m), planned "
+                        "from its measured step time, instead of --proxy-epochs")
     g.add_argument("--proxy-size", type=int, help="image size per trial (default 3/4 of the backbone's train size)")
     g.add_argument("--batch-size", type=int, help="proxy batch size (default: the recipe's)")
     g.add_argument("--recipe", help="training recipe (default: the data set's)")
@@ -107,6 +110,11 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--proxy-size {size}: smaller than the backbone's total stride {space.base.total_stride}")
     if args.proxy_epochs < 1:
         raise UsageError(f"--proxy-epochs: expected at least 1, got {args.proxy_epochs}")
+    equal_time_s = None
+    if args.proxy_time:
+        _, equal_time_s = parse_budget(args.proxy_time)
+        if equal_time_s is None:
+            raise UsageError(f"--proxy-time {args.proxy_time!r}: expected a time (90s, 2m)")
     if args.evaluator == "synthetic":
         evaluate = SyntheticEvaluator(base=space.base, image_size=size, delay_s=args.synthetic_delay)
     else:
@@ -116,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
                                   epochs=args.proxy_epochs, image_size=size, batch_size=args.batch_size,
                                   recipe=args.recipe, overrides=tuple(args.overrides), time_budget_s=args.trial_time,
                                   train_subset=args.train_subset, val_subset=args.val_subset, device=args.device,
-                                  seed=args.seed)
+                                  seed=args.seed, equal_time_s=equal_time_s)
         evaluate.task  # load the data and resolve the recipe now: mistakes cost seconds, not a trial
     config = SearchConfig(out_dir=Path(args.out), trials=trials, time_s=time_s, sampler=args.sampler, seed=args.seed,
                           storage=args.storage, study_name=args.study_name, workers=args.workers, predictor_screen=args.predictor_screen,
@@ -126,7 +134,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(space.to_table())
         t = evaluate.task
-        what = (f"proxy training: {args.proxy_epochs} epochs on {args.data}" if args.evaluator == "proxy"
+        per = f"epochs fitting {equal_time_s:g} s each" if equal_time_s else f"{args.proxy_epochs} epochs"
+        what = (f"proxy training: {per} on {args.data}" if args.evaluator == "proxy"
                 else "synthetic evaluator (no training)")
         print(f"{what}, {size} px, batch {t.batch_size}"
               + f"; sampler {args.sampler}; storage {config.storage_url.split('@')[-1]}; workers {args.workers}")

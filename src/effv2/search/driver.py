@@ -443,7 +443,28 @@ def _prepare_study(space: SearchSpace, config: SearchConfig, evaluate: Evaluate,
     elif stored != space.to_dict():
         raise UsageError(f"{config.out_dir}: the study there searches another space ({stored.get('name')!r}); "
                          f"use a new --out or the same --space")
+    else:
+        _check_same_proxy(study.user_attrs.get("evaluator") or {}, evaluate, config)
     return study, created
+
+
+# What makes two proxies' accuracies comparable; the device, timing and per-trial cap may differ
+# between resumes and machines (step times are normalised per worker).
+PROXY_KEYS = ("kind", "data", "backbone", "epochs", "equal_time_s", "image_size", "batch_size", "recipe", "overrides",
+              "train_subset", "val_subset")
+
+
+def _check_same_proxy(stored: dict[str, Any], evaluate: Evaluate, config: SearchConfig) -> None:
+    """A resumed or joined study must be scored by the same proxy, or its trials would not compare."""
+    describe = getattr(evaluate, "describe", None)
+    now = describe() if callable(describe) else {"kind": type(evaluate).__name__}
+    for k in PROXY_KEYS:
+        a, b = stored.get(k), now.get(k)
+        if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+            a, b = list(a or []), list(b or [])
+        if a != b and k in now:
+            raise UsageError(f"{config.out_dir}: the study there was scored with proxy {k}={stored.get(k)!r}, "
+                             f"this command uses {now.get(k)!r}; use the same proxy options or a new --out")
 
 
 def run_search(space: SearchSpace, evaluate: Evaluate, config: SearchConfig, *,

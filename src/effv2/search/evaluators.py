@@ -18,6 +18,7 @@ trying the search machinery (samplers, storage, resume, workers, predictor) in s
 from __future__ import annotations
 
 import gc
+import json
 import math
 import time
 from dataclasses import dataclass, field, fields
@@ -38,6 +39,15 @@ class TaskInfo:
     num_classes: int = 1000
     image_size: int = 224  # proxy image size: where step time and MACs are measured
     batch_size: int = 64  # proxy batch: where step time is measured
+
+
+def equal_time_epochs(seconds: float, *, step_s: float, steps_per_epoch: int, overhead: float = 1.2) -> int:
+    """Epochs of a candidate that fit in ``seconds`` of proxy training: its measured step time x
+    steps per epoch x ``overhead`` for data loading and evaluation (pure; at least 1)."""
+    if not (seconds > 0 and step_s > 0 and steps_per_epoch >= 1 and overhead >= 1):
+        raise UsageError(f"equal-time proxy: need seconds, step_s > 0, steps_per_epoch >= 1, overhead >= 1; got "
+                         f"{seconds!r}, {step_s!r}, {steps_per_epoch!r}, {overhead!r}")
+    return max(1, int(seconds // (overhead * step_s * steps_per_epoch)))
 
 
 def proxy_size_for(train_size: int) -> int:
@@ -64,6 +74,11 @@ class ProxyEvaluator:
     recipe: str | None = None
     overrides: tuple[str, ...] = ()  # extra recipe overrides, "key=value"
     time_budget_s: float | None = None  # per-trial cap passed to the trainer
+    # Equal-time proxy: instead of ``epochs``, each candidate trains for as many epochs as fit in
+    # this many seconds, planned from its own measured step time (equal_time_epochs). The proxy
+    # accuracy is then accuracy per unit of training time, which is what a same-wall-time final
+    # comparison measures; with ``epochs`` fixed, a slow net gets as many epochs as a fast one.
+    equal_time_s: float | None = None
     train_subset: int | None = None  # train on a stratified subset of this many images
     val_subset: int | None = None  # evaluate on a stratified subset of this many images
     device: str = "auto"
@@ -74,6 +89,13 @@ class ProxyEvaluator:
     _batch: int | None = field(default=None, init=False, repr=False, compare=False)
     _resolved: list[str] | None = field(default=None, init=False, repr=False, compare=False)
     _exec: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _steps: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"proxy epochs: expected at least 1, got {self.epochs}")
+        if self.equal_time_s is not None and not self.equal_time_s > 0:
+            raise UsageError(f"--proxy-time: expected a positive time, got {self.equal_time_s!r}")
 
     def __getstate__(self) -> dict[str, Any]:  # workers reload the data themselves
         state = dict(self.__dict__)
@@ -169,20 +191,37 @@ class ProxyEvaluator:
         res = time_train_step(model, batch_size=t.batch_size, image_size=t.image_size, in_chans=t.in_chans,
                               num_classes=t.num_classes, steps=self.timing_steps, warmup=self.timing_warmup,
                               device=self._device(), **self.execution())
+        self._steps[_key(spec)] = float(res["step_s"])  # the equal-time proxy plans from the same timing
         return float(res["step_s"])
+
+    def epochs_for(self, spec: ArchSpec) -> int:
+        """This candidate's proxy epochs: ``epochs``, or with ``equal_time_s`` as many as fit in
+        that time (from the step time the search measured for the reward, timed here if not)."""
+        if self.equal_time_s is None:
+            return self.epochs
+        step_s = self._steps.get(_key(spec)) or self.step_time(spec)
+        steps_per_epoch = max(1, len(self.bundle().train) // self.batch())
+        return equal_time_epochs(self.equal_time_s, step_s=step_s, steps_per_epoch=steps_per_epoch)
 
     def __call__(self, spec: ArchSpec, trial_dir: Path) -> dict[str, Any]:
         from ..training.api import train
 
         card = Path(trial_dir) / "spec.json"
+        epochs = self.epochs_for(spec)
+        extra = [] if self.equal_time_s is None else [f"epochs={epochs}"]  # else the user's --set epochs wins
         summary = train(str(card), self.bundle(), Path(trial_dir) / "run", recipe=self.recipe,
-                        overrides=self._overrides(), seed=self.seed, quiet=True, device=self.device)
+                        overrides=self._overrides() + extra, seed=self.seed, quiet=True, device=self.device)
         keys = ("top1", "top5", "best_top1", "train_s", "wall_s", "images_seen", "img_per_s")
         out = {k: summary[k] for k in keys if k in summary}
+        out["proxy_epochs"] = epochs
         gc.collect()  # free the trained model (and its CUDA memory) before the next candidate
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return out
+
+
+def _key(spec: ArchSpec) -> str:
+    return json.dumps(spec.to_dict(), sort_keys=True)
 
 
 # -- the synthetic stand-in ---------------------------------------------------------------------
