@@ -34,7 +34,7 @@ import torch
 
 from effv2.models import create_model, get_card
 from effv2.models.flops import count_macs, count_params
-from effv2.search.driver import SearchConfig, open_results, parse_budget, run_search
+from effv2.search.driver import SearchConfig, best_specs_of, open_results, parse_budget, run_search
 from effv2.search.evaluators import ProxyEvaluator
 from effv2.search.predictor import predictor_report
 from effv2.search.results import format_table, records
@@ -158,6 +158,20 @@ def scale_pick(pick: dict, out: Path, budget_s: float, args) -> tuple[Path, int]
     return path, epochs
 
 
+def plan_from(ref: tuple[str, dict], model: str, budget_s: float, args) -> int:
+    """Epochs of ``model`` that fill the budget, from a finished reference run ``(model, summary
+    row)``: its seconds per epoch x the ratio of the two nets' training steps (timed as the trainer
+    runs, batch 256 at their train size). Closer than a timed step alone, which leaves out data
+    loading and evaluation, so fewer runs end short and get re-planned."""
+    from effv2.search.scale import latency_measure
+
+    dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    measure = latency_measure(mode="train", batch_size=256, in_chans=1, num_classes=10, device=dev, steps=5, warmup=2)
+    ref_model, ref_row = ref
+    ratio = measure(get_card(model)) / measure(get_card(ref_model))
+    return max(1, int(0.95 * budget_s / (ref_row["train_s"] / ref_row["epochs"] * ratio)))
+
+
 def _seed_run(job: tuple) -> dict:
     """One extra-seed final run in its own process (``--jobs``): the same epochs and budget as the
     planned run, another seed."""
@@ -208,6 +222,11 @@ def main() -> int:
     ap.add_argument("--proxy-epochs", type=int, default=3)
     ap.add_argument("--proxy-time", default=None,
                     help="equal-time proxy (effv2 search --proxy-time): epochs per trial fit this time, e.g. 60s")
+    ap.add_argument("--first-from", default=None,
+                    help="a finished search folder whose --first-top best architectures (by --first-by) this "
+                         "search trains first: a second stage with a costlier proxy")
+    ap.add_argument("--first-top", type=int, default=8)
+    ap.add_argument("--first-by", default="top1", choices=("reward", "top1"))
     ap.add_argument("--proxy-size", type=int, default=20)
     ap.add_argument("--train-subset", type=int, default=12000)
     ap.add_argument("--val-subset", type=int, default=3000)
@@ -219,13 +238,16 @@ def main() -> int:
     ap.add_argument("--no-search", action="store_true",
                     help="use the finished search in --out as it is (no new trials); train and record")
     ap.add_argument("--no-accuracy-pick", action="store_true", help="train only the best-reward architecture")
+    ap.add_argument("--finals", type=lambda v: [a for a in v.split(",") if a], default=["found", "accuracy", "scaled", "mini"],
+                    help="which final runs: comma list of found, accuracy, scaled, mini (default all; mini "
+                         "first, the others planned from its run)")
     ap.add_argument("--scale-epochs", type=int, default=16,
-                    help="also train the accuracy pick compound-scaled so that this many epochs of the default "
+                    help="also train the accuracy pick width-scaled so that this many epochs of the default "
                          "recipe fill --train-time (the recipe's own length: 2 stages of 8); 0 skips it")
     ap.add_argument("--seeds", type=int, default=1,
                     help="train each final model with this many seeds (the extra ones reuse the planned epochs)")
     ap.add_argument("--seed-arms", type=lambda v: [a for a in v.split(",") if a], default=[],
-                    help="which final models get the extra seeds: comma list of found, accuracy, mini (default all)")
+                    help="which final models get the extra seeds: comma list of found, accuracy, scaled, mini (default all)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="extra-seed runs side by side (each with --threads threads)")
     args = ap.parse_args()
@@ -248,7 +270,8 @@ def main() -> int:
         trials, search_s = sum(t.state.name == "COMPLETE" for t in open_results(out)[0].trials), None
     result = run_search(space, evaluate, SearchConfig(
         out_dir=out, trials=trials, time_s=search_s, sampler=args.sampler, seed=args.seed, workers=args.workers,
-        predictor_screen=args.predictor_screen, threads=args.threads))
+        predictor_screen=args.predictor_screen, threads=args.threads,
+        first_specs=best_specs_of(args.first_from, args.first_top, by=args.first_by) if args.first_from else ()))
     if result["best"] is None:
         print("the search finished no trial; nothing to compare", file=sys.stderr)
         return 1
@@ -261,18 +284,30 @@ def main() -> int:
     from effv2.data.sources import load_source
 
     n_train = len(load_source("fashion-mnist", data_dir=args.data_dir).train)
-    picks = [("found by search (best reward)", str(out / "best_spec.json"), "found")]
+    wanted = set(args.finals) - ({"accuracy", "scaled"} if args.no_accuracy_pick else set())
+    picks = [("found by search (best reward)", str(out / "best_spec.json"), "found")] if "found" in wanted else []
     acc = accuracy_pick(done, space, out)
-    if acc is not None and not args.no_accuracy_pick:
+    if acc is not None and wanted & {"accuracy", "scaled"}:
         picks.append((f"accuracy pick (trial {acc['trial']})", str(out / "accuracy_pick_spec.json"), "accuracy"))
-    picks.append(("efficientnetv2_mini (demo)", BACKBONE, "mini"))
-    finals = [train_for(label, model, out / "final" / name, train_s, args, n_train) for label, model, name in picks]
-    if acc is not None and not args.no_accuracy_pick and args.scale_epochs:
-        pick_row = next(f for f, (_, _, name) in zip(finals, picks) if name == "accuracy")
-        scaled, scaled_epochs = scale_pick(pick_row, out, train_s, args)
-        picks.insert(-1, (f"accuracy pick scaled to {args.scale_epochs} epochs", str(scaled), "scaled"))
-        finals.insert(-1, train_for(picks[-2][0], str(scaled), out / "final" / "scaled", train_s, args, n_train,
-                                    epochs=scaled_epochs))
+    if "mini" in wanted:
+        picks.append(("efficientnetv2_mini (demo)", BACKBONE, "mini"))
+    trained: dict[str, dict] = {}
+    if "mini" in wanted:  # first: the others' epochs are planned from its measured run
+        trained["mini"] = train_for(picks[-1][0], BACKBONE, out / "final" / "mini", train_s, args, n_train)
+    for label, model, name in picks:
+        if name != "mini":
+            ref = trained.get("mini")
+            epochs = plan_from((BACKBONE, ref), model, train_s, args) if ref and ref["epochs"] else None
+            trained[name] = train_for(label, model, out / "final" / name, train_s, args, n_train, epochs=epochs)
+    if "accuracy" in trained and "scaled" in wanted and args.scale_epochs:
+        scaled, scaled_epochs = scale_pick(trained["accuracy"], out, train_s, args)
+        label = f"accuracy pick scaled to {args.scale_epochs} epochs"
+        picks.insert(len(picks) - ("mini" in wanted), (label, str(scaled), "scaled"))
+        trained["scaled"] = train_for(label, str(scaled), out / "final" / "scaled", train_s, args, n_train,
+                                      epochs=scaled_epochs)
+    if "accuracy" not in wanted:
+        picks = [p for p in picks if p[2] != "accuracy"]
+    finals = [trained[name] for _, _, name in picks]
     if args.seeds > 1:
         more_seeds(finals, [name for _, _, name in picks], out, train_s, args)
 

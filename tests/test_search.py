@@ -331,3 +331,23 @@ def test_resuming_with_another_proxy_is_refused(tmp_path) -> None:
     run_search(SPACE, Described(3), config(tmp_path, trials=3), step_time=step_time, task=TASK)  # same proxy: fine
     with pytest.raises(UsageError, match=r"proxy epochs=3, this command uses 5"):
         run_search(SPACE, Described(5), config(tmp_path, trials=4), step_time=step_time, task=TASK)
+
+
+def test_a_second_stage_trains_the_first_stages_best_first(tmp_path) -> None:
+    from effv2.search.driver import best_specs_of
+
+    first = tmp_path / "first"
+    run_search(SPACE, evaluate, SearchConfig(out_dir=first, trials=8, sampler="random", quiet=True),
+               step_time=step_time, task=TASK)
+    study, _ = open_results(first)
+    rows = [r for r in records(study) if r["state"] == "COMPLETE" and r["duplicate_of"] is None and not r["backbone"]]
+    top = best_specs_of(first, 3, by="top1")
+    assert [ArchSpec.from_dict(d) for d in top] == [ArchSpec.from_dict(r["spec"]) for r in
+                                                   sorted(rows, key=lambda r: -r["top1"])[:3]]
+    assert best_specs_of(first, 1)[0] == max(rows, key=lambda r: r["reward"])["spec"]
+    second = run_search(SPACE, evaluate, config(tmp_path, trials=5, first_specs=top), step_time=step_time, task=TASK)
+    study2, _ = open_results(second["out_dir"])
+    trained = [ArchSpec.from_dict(t.user_attrs["spec"]) for t in sorted(study2.trials, key=lambda t: t.number)]
+    assert trained[0] == SPACE.base and trained[1:4] == [ArchSpec.from_dict(d) for d in top]
+    with pytest.raises(UsageError, match="--first-by"):
+        best_specs_of(first, 3, by="speed")

@@ -119,3 +119,13 @@ def test_scale_pick_targets_the_step_time_at_which_the_recipe_epochs_fill_the_bu
     assert epochs == int(380.0 / (10.0 * got / pick_ms))
     create_model(str(path), num_classes=10, in_chans=1)
     assert sf.scale_pick({"train_s": 200.0, "epochs": 20}, tmp_path, 400.0, args) == (path, epochs)  # reused
+
+
+def test_plan_from_a_reference_run_scales_its_epoch_time_by_the_step_ratio(sf, monkeypatch) -> None:
+    import effv2.search.scale as scale
+
+    ms = {"efficientnetv2_mini": 200.0, "efficientnetv2_pico": 50.0}
+    monkeypatch.setattr(scale, "latency_measure", lambda **kw: (lambda card: ms[card.name]))
+    args = types.SimpleNamespace(device="cpu")
+    # mini: 9 epochs in 585 s = 65 s each; pico steps 4x faster: 16.25 s per epoch, 0.95 * 624 s -> 36 epochs
+    assert sf.plan_from(("efficientnetv2_mini", {"train_s": 585.0, "epochs": 9}), "efficientnetv2_pico", 624.0, args) == 36

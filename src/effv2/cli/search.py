@@ -37,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="random | tpe (model-based, default) | evolution (regularized evolution)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-backbone", action="store_true", help="do not train the backbone itself as trial 0")
+    g.add_argument("--first-from", metavar="DIR",
+                   help="a finished search (its folder): train its --first-top best architectures first, "
+                        "a second stage with a costlier proxy (same space)")
+    g.add_argument("--first-top", type=int, default=8, metavar="K", help="how many of --first-from (default 8)")
+    g.add_argument("--first-by", default="reward", choices=("reward", "top1"),
+                   help="rank --first-from by its reward (default) or its proxy top-1")
     g = p.add_argument_group("proxy training (each trial)")
     g.add_argument("--proxy-epochs", type=int, default=10, help="epochs per trial (paper: about 10)")
     g.add_argument("--proxy-time", metavar="TIME",
@@ -126,7 +132,14 @@ def _run(args: argparse.Namespace) -> int:
                                   train_subset=args.train_subset, val_subset=args.val_subset, device=args.device,
                                   seed=args.seed, equal_time_s=equal_time_s)
         evaluate.task  # load the data and resolve the recipe now: mistakes cost seconds, not a trial
-    config = SearchConfig(out_dir=Path(args.out), trials=trials, time_s=time_s, sampler=args.sampler, seed=args.seed,
+    first = ()
+    if args.first_from:
+        from ..search.driver import best_specs_of
+
+        if args.first_top < 1:
+            raise UsageError(f"--first-top: expected at least 1, got {args.first_top}")
+        first = best_specs_of(args.first_from, args.first_top, by=args.first_by)
+    config = SearchConfig(out_dir=Path(args.out), first_specs=first, trials=trials, time_s=time_s, sampler=args.sampler, seed=args.seed,
                           storage=args.storage, study_name=args.study_name, workers=args.workers, predictor_screen=args.predictor_screen,
                           predictor=args.predictor, include_backbone=not args.no_backbone,
                           population=args.population, heartbeat_s=args.heartbeat, grace_s=4 * args.heartbeat,

@@ -84,6 +84,9 @@ class SearchConfig:
     screen_after: int = 10  # finished trials before the predictor starts screening
     explore: float = 0.25  # share of trials left to the sampler while screening
     include_backbone: bool = True  # trial 0 is the backbone itself, the reference row
+    # Architectures (spec dicts) to train first, after the backbone, when the study is created: e.g.
+    # the best of a cheaper search (seed_specs_from), a second, higher-fidelity stage over them.
+    first_specs: tuple[dict, ...] = ()
     population: int = 16  # regularized evolution
     heartbeat_s: int = 30
     grace_s: int = 120
@@ -491,7 +494,12 @@ def run_search(space: SearchSpace, evaluate: Evaluate, config: SearchConfig, *,
         existing = study.get_trials(deepcopy=False)
         if config.include_backbone and created and space.contains(space.base):
             study.enqueue_trial(space.to_params(space.base), user_attrs={"backbone": True})
-        elif existing and not config.quiet:
+        if created:
+            for d in config.first_specs:
+                spec = ArchSpec.from_dict(d)
+                if spec != space.base and space.contains(spec):
+                    study.enqueue_trial(space.to_params(spec), user_attrs={"first": True})
+        if existing and not created and not config.quiet:
             done = sum(t.state == TrialState.COMPLETE for t in existing)
             print(f"resuming: the study holds {done} finished trial(s) of {len(existing)}", flush=True)
         if config.workers == 1:
@@ -521,6 +529,20 @@ def run_search(space: SearchSpace, evaluate: Evaluate, config: SearchConfig, *,
     best = max(done, key=lambda r: r["reward"]) if done else None
     return {"best": best, "complete": len(done), "failed": sum(r["state"] == "FAIL" for r in rows),
             "out_dir": str(out), "storage": config.storage_url}
+
+
+def best_specs_of(out_dir: str | Path, k: int, *, by: str = "reward", storage: str | None = None,
+                  study_name: str = STUDY_NAME) -> tuple[dict, ...]:
+    """The ``k`` best distinct architectures of a finished search (by ``reward`` or proxy ``top1``,
+    the backbone left out): the first trials of a second search with a costlier proxy."""
+    from .results import records
+
+    if by not in ("reward", "top1"):
+        raise UsageError(f"--first-by {by!r} is not one of reward, top1")
+    study, _ = open_results(out_dir, storage=storage, study_name=study_name)
+    rows = [r for r in records(study) if r["state"] == "COMPLETE" and r["duplicate_of"] is None and not r["backbone"]]
+    rows.sort(key=lambda r: -r[by])
+    return tuple(r["spec"] for r in rows[:k])
 
 
 def open_results(out_dir: str | Path, *, storage: str | None = None,
