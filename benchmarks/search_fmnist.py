@@ -205,6 +205,7 @@ def more_seeds(finals: list[dict], names: list[str], out: Path, budget_s: float,
         f["seed_top1"] = [r["test_top1"] for r in runs]
         f["seed_epochs"] = [r["epochs"] for r in runs]
         f["seed_train_s"] = [r["train_s"] for r in runs]
+        f["seed_completed"] = [bool(r.get("completed", True)) for r in runs]
         f["mean_top1"] = statistics.fmean(f["seed_top1"])
         f["std_top1"] = statistics.stdev(f["seed_top1"])
         print(json.dumps({"label": f["label"], "seed_top1": f["seed_top1"], "mean": f["mean_top1"],
@@ -368,11 +369,16 @@ def main() -> int:
             f"Seeds {args.seed}..{args.seed + args.seeds - 1} (seed {args.seed} is the run above; the others reuse its "
             f"epochs, {args.jobs} run(s) side by side, {args.threads or torch.get_num_threads()} thread(s) each):",
             "",
-            "| model | test top-1 per seed (%) | mean +- std (%) | train time per seed (s) |",
-            "|---|---|---|---|",
+            "| model | test top-1 per seed (%) | mean +- std (%) | epochs per seed | train time per seed (s) |",
+            "|---|---|---|---|---|",
             *[f"| {f['label']} | {', '.join(f'{t:.2f}' for t in f['seed_top1'])} | "
-              f"{f['mean_top1']:.2f} +- {f['std_top1']:.2f} | {', '.join(f'{t:.0f}' for t in f['seed_train_s'])} |"
+              f"{f['mean_top1']:.2f} +- {f['std_top1']:.2f} | "
+              f"{', '.join(str(e) + ('' if ok else '*') for e, ok in zip(f['seed_epochs'], f['seed_completed']))} | "
+              f"{', '.join(f'{t:.0f}' for t in f['seed_train_s'])} |"
               for f in finals if "seed_top1" in f],
+            "",
+            "`*`: the budget stopped the run before its planned epochs ended (the machine ran slower than in the "
+            "planned run), so its learning rate never reached the end of its schedule.",
             "",
         ]
     text = "\n".join(lines)
