@@ -367,7 +367,8 @@ def main() -> int:
     if args.seeds > 1:
         lines += [
             f"Seeds {args.seed}..{args.seed + args.seeds - 1} (seed {args.seed} is the run above; the others reuse its "
-            f"epochs, {args.jobs} run(s) side by side, {args.threads or torch.get_num_threads()} thread(s) each):",
+            f"epochs, {'one run at a time' if args.jobs <= 1 else f'{args.jobs} runs side by side'}, "
+            f"{args.threads or torch.get_num_threads()} thread(s) each):",
             "",
             "| model | test top-1 per seed (%) | mean +- std (%) | epochs per seed | train time per seed (s) |",
             "|---|---|---|---|---|",

@@ -460,7 +460,9 @@ PROXY_KEYS = ("kind", "data", "backbone", "epochs", "equal_time_s", "image_size"
 def _check_same_proxy(stored: dict[str, Any], evaluate: Evaluate, config: SearchConfig) -> None:
     """A resumed or joined study must be scored by the same proxy, or its trials would not compare."""
     describe = getattr(evaluate, "describe", None)
-    now = describe() if callable(describe) else {"kind": type(evaluate).__name__}
+    if not callable(describe):  # a bare evaluate function says nothing to compare
+        return
+    now = describe()
     for k in PROXY_KEYS:
         a, b = stored.get(k), now.get(k)
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
