@@ -9,13 +9,16 @@ demo model trained for the same wall time with the default recipe. About 2 hours
    ``--proxy-size`` px on a stratified ``--train-subset`` and scored on ``--val-subset`` val images
    (never the test split); reward = A * S^-0.07 * P^-0.05 (paper section 3.3). Resumable: run the
    same command again and finished trials are kept.
-2. Final training: the found spec (best_spec.json, the best reward), the accuracy pick (the best
-   proxy top-1 among trials no slower than the backbone, also chosen on val only;
-   ``--no-accuracy-pick`` skips it) and efficientnetv2_mini, each with the default Fashion-MNIST
-   recipe (fmnist-cpu) and as many epochs as fit in ``--train-time`` (planned from a timed training
-   step at 28 px; a run that ends below 85% of the budget is re-planned from its measured time and
-   trained again from scratch; the budget is a hard stop), evaluated on the test split.
-   ``--no-search`` skips step 1 and uses the study in ``--out``; finished final runs are reused.
+2. Final training (``--finals``), each with the default Fashion-MNIST recipe (fmnist-cpu) and as
+   many epochs as fit in ``--train-time`` (the budget is a hard stop), evaluated on the test split:
+   efficientnetv2_mini first (epochs planned from a timed 28 px step; a run that ends below 85% of
+   the budget is re-planned from its measured time and trained again from scratch), then, planned
+   from mini's run and the ratio of step times, the found spec (best_spec.json, the best reward),
+   the accuracy pick (the best proxy top-1 among trials no slower than the backbone, also chosen
+   on val only; ``--no-accuracy-pick`` skips it) and that pick width-scaled so that
+   ``--scale-epochs`` epochs fill the budget. ``--seeds N`` trains them N times (``--seed-arms``,
+   ``--jobs``). ``--no-search`` skips step 1 and uses the study in ``--out``; finished final runs
+   are reused.
 3. Appends the search table, the found model's stage table and the comparison to
    benchmarks/RESULTS.md with the machine, versions and this command.
 """
@@ -127,6 +130,16 @@ def train_for(label: str, model: str, run_dir: Path, budget_s: float, args, n_tr
     return row
 
 
+def step_measure(args):
+    """card -> ms of one training step of the default recipe (batch 256, 1 channel, 10 classes) on
+    ``args.device``, timed as the trainer runs (effv2.search.scale.latency_measure)."""
+    from effv2.search.scale import latency_measure
+    from effv2.training.trainer import resolve_device
+
+    return latency_measure(mode="train", batch_size=256, in_chans=1, num_classes=10,
+                           device=str(resolve_device(args.device)), steps=5, warmup=2)
+
+
 def scale_pick(pick: dict, out: Path, budget_s: float, args) -> tuple[Path, int]:
     """EfficientNet's second step: the accuracy pick scaled (effv2 scale) to the training step time
     at which the default recipe's ``args.scale_epochs`` epochs fill the budget. The target comes
@@ -135,11 +148,10 @@ def scale_pick(pick: dict, out: Path, budget_s: float, args) -> tuple[Path, int]
     data's 28 px, and depth moves in whole layers rounded up (EfficientNet's ceil), which doubles
     the pick's 1-layer stages at any phi > 0 (2.5x the step), past the target.
     Returns the card (OUT/scaled_pick_spec.json, reused) and the epochs planned for it."""
-    from effv2.search.scale import Coefficients, ScaleLimits, latency_measure, scale_to_target
+    from effv2.search.scale import Coefficients, ScaleLimits, scale_to_target
 
     path = out / "scaled_pick_spec.json"
-    dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-    measure = latency_measure(mode="train", batch_size=256, in_chans=1, num_classes=10, device=dev, steps=5, warmup=2)
+    measure = step_measure(args)
     pick_epoch_s = pick["train_s"] / pick["epochs"]
     if not path.is_file():
         card = get_card(str(out / "accuracy_pick_spec.json"))
@@ -163,10 +175,7 @@ def plan_from(ref: tuple[str, dict], model: str, budget_s: float, args) -> int:
     row)``: its seconds per epoch x the ratio of the two nets' training steps (timed as the trainer
     runs, batch 256 at their train size). Closer than a timed step alone, which leaves out data
     loading and evaluation, so fewer runs end short and get re-planned."""
-    from effv2.search.scale import latency_measure
-
-    dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-    measure = latency_measure(mode="train", batch_size=256, in_chans=1, num_classes=10, device=dev, steps=5, warmup=2)
+    measure = step_measure(args)
     ref_model, ref_row = ref
     ratio = measure(get_card(model)) / measure(get_card(ref_model))
     return max(1, int(0.95 * budget_s / (ref_row["train_s"] / ref_row["epochs"] * ratio)))

@@ -85,7 +85,7 @@ class SearchConfig:
     explore: float = 0.25  # share of trials left to the sampler while screening
     include_backbone: bool = True  # trial 0 is the backbone itself, the reference row
     # Architectures (spec dicts) to train first, after the backbone, when the study is created: e.g.
-    # the best of a cheaper search (seed_specs_from), a second, higher-fidelity stage over them.
+    # the best of a cheaper search (best_specs_of), a second, higher-fidelity stage over them.
     first_specs: tuple[dict, ...] = ()
     population: int = 16  # regularized evolution
     heartbeat_s: int = 30

@@ -18,7 +18,6 @@ trying the search machinery (samplers, storage, resume, workers, predictor) in s
 from __future__ import annotations
 
 import gc
-import json
 import math
 import time
 from dataclasses import dataclass, field, fields
@@ -89,7 +88,7 @@ class ProxyEvaluator:
     _batch: int | None = field(default=None, init=False, repr=False, compare=False)
     _resolved: list[str] | None = field(default=None, init=False, repr=False, compare=False)
     _exec: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
-    _steps: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _steps: dict[ArchSpec, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -171,15 +170,13 @@ class ProxyEvaluator:
     def execution(self) -> dict[str, Any]:
         """The trainer's execution settings for the proxy runs, resolved for this device:
         ``{"amp": "none"|"bf16"|"fp16", "channels_last": bool, "optimizer": name}``."""
-        from ..training.trainer import resolve_amp, resolve_channels_last
+        from ..training.trainer import resolve_execution
 
         self._overrides()
         assert self._exec is not None
-        dev = torch.device(self._device())
-        dtype = resolve_amp(self._exec["amp"], dev, self.batch())
-        amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-        return {"amp": amp, "channels_last": resolve_channels_last(self._exec["channels_last"], dev),
-                "optimizer": self._exec["optimizer"]}
+        ex = resolve_execution(self._exec["amp"], self._exec["channels_last"], torch.device(self._device()),
+                               self.batch())
+        return {**ex, "optimizer": self._exec["optimizer"]}
 
     def step_time(self, spec: ArchSpec) -> float:
         """One training step timed as the trainer runs it (the recipe's amp, memory format and
@@ -191,7 +188,7 @@ class ProxyEvaluator:
         res = time_train_step(model, batch_size=t.batch_size, image_size=t.image_size, in_chans=t.in_chans,
                               num_classes=t.num_classes, steps=self.timing_steps, warmup=self.timing_warmup,
                               device=self._device(), **self.execution())
-        self._steps[_key(spec)] = float(res["step_s"])  # the equal-time proxy plans from the same timing
+        self._steps[spec] = float(res["step_s"])  # the equal-time proxy plans from the same timing
         return float(res["step_s"])
 
     def epochs_for(self, spec: ArchSpec) -> int:
@@ -199,7 +196,7 @@ class ProxyEvaluator:
         that time (from the step time the search measured for the reward, timed here if not)."""
         if self.equal_time_s is None:
             return self.epochs
-        step_s = self._steps.get(_key(spec)) or self.step_time(spec)
+        step_s = self._steps.get(spec) or self.step_time(spec)
         steps_per_epoch = max(1, len(self.bundle().train) // self.batch())
         return equal_time_epochs(self.equal_time_s, step_s=step_s, steps_per_epoch=steps_per_epoch)
 
@@ -218,10 +215,6 @@ class ProxyEvaluator:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return out
-
-
-def _key(spec: ArchSpec) -> str:
-    return json.dumps(spec.to_dict(), sort_keys=True)
 
 
 # -- the synthetic stand-in ---------------------------------------------------------------------

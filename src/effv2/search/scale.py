@@ -191,16 +191,13 @@ def latency_measure(*, mode: str = "infer", batch_size: int = 1, in_chans: int =
     default to what the trainer runs on this device ("auto": effv2's fast defaults), so a
     latency target means the step effv2 will actually take; ``measure.execution`` says which."""
     from ..bench.timing import time_infer, time_train_step
-    from ..training.trainer import resolve_amp, resolve_channels_last
+    from ..training.trainer import resolve_execution
 
     if mode not in ("infer", "train"):
         raise UsageError(f"--latency-mode {mode!r} is not one of infer, train")
     if amp not in ("auto", "none", "bf16", "fp16"):
         raise UsageError(f"--amp {amp!r} is not one of auto, none, bf16, fp16")
-    dev = torch.device(device)
-    dtype = resolve_amp(amp, dev, batch_size)
-    ex = {"amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
-          "channels_last": resolve_channels_last(channels_last, dev)}
+    ex = resolve_execution(amp, channels_last, torch.device(device), batch_size)
 
     def measure(card: ModelCard) -> float:
         model = EfficientNetV2(card.spec, num_classes=num_classes, in_chans=in_chans, drop_rate=0.0, drop_path_rate=0.0)

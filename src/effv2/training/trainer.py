@@ -97,6 +97,17 @@ def resolve_channels_last(setting: str | bool, device: torch.device) -> bool:
     return bool(setting)
 
 
+AMP_NAMES = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def resolve_execution(amp: str, channels_last: str | bool, device: torch.device,
+                      batch_size: int | None = None) -> dict[str, Any]:
+    """How the trainer runs on ``device``: ``{"amp": "none"|"bf16"|"fp16", "channels_last": bool}``,
+    the settings step timing must use to time what training actually does."""
+    return {"amp": AMP_NAMES[resolve_amp(amp, device, batch_size)],
+            "channels_last": resolve_channels_last(channels_last, device)}
+
+
 def init_overrides(src_spec, model_name: str) -> dict[str, Any]:
     """Padding and BN eps travel with converted weights (tf_ checkpoints need TF 'same' padding)."""
     from ..models import get_card
