@@ -71,7 +71,7 @@ from effv2.data.sources import DataBundle, load_source
 from effv2.models import create_model, get_card
 from effv2.models.convert import transfer_weights
 from effv2.training.api import train
-from effv2.training.trainer import resolve_amp, resolve_channels_last
+from effv2.runtime import AMP_DTYPES, resolve_amp, resolve_channels_last
 
 HERE = Path(__file__).resolve().parent
 MODEL = "efficientnetv2_mini"
@@ -212,13 +212,9 @@ def effv2_epoch(bundle: DataBundle, out_dir: Path, *, batch_size: int, num_worke
     crop = "pad_crop" if isinstance(bundle.train, TensorImageSet) else "random_resized"
     overrides = ["epochs=1", "progressive.enabled=false", "ema_decay=0", f"batch_size={batch_size}",
                  f"num_workers={num_workers}", f"crop={crop}", "progressive.randaug_max=0"]
-    det = torch.are_deterministic_algorithms_enabled()
-    try:
-        s = train(MODEL, bundle, out_dir, recipe=RECIPE, overrides=overrides, quiet=True)
-    finally:
-        torch.use_deterministic_algorithms(det)
+    s = train(MODEL, bundle, out_dir, recipe=RECIPE, overrides=overrides, quiet=True)  # deterministic mode is scoped
     rec = json.loads((out_dir / "config.json").read_text())["recipe"]
-    amp = resolve_amp(rec["amp"], torch.device("cpu"), batch_size)
+    amp = AMP_DTYPES[resolve_amp(rec["amp"], torch.device("cpu"), batch_size)]
     cl = resolve_channels_last(rec["channels_last"], torch.device("cpu"))
     return {"trainer": "effv2", "flags": flags_label(amp, cl), "images": s["images_seen"], "train_s": s["train_s"],
             "img_per_s": s["images_seen"] / max(s["train_s"], 1e-9), "overrides": overrides}

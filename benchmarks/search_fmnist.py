@@ -134,7 +134,7 @@ def step_measure(args):
     """card -> ms of one training step of the default recipe (batch 256, 1 channel, 10 classes) on
     ``args.device``, timed as the trainer runs (effv2.search.scale.latency_measure)."""
     from effv2.search.scale import latency_measure
-    from effv2.training.trainer import resolve_device
+    from effv2.runtime import resolve_device
 
     return latency_measure(mode="train", batch_size=256, in_chans=1, num_classes=10,
                            device=str(resolve_device(args.device)), steps=5, warmup=2)

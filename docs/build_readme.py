@@ -20,7 +20,6 @@ def main() -> None:
         if f.exists():
             parts.append(f.read_text().strip() + "\n")
     text = "\n".join(parts)
-    text = text.replace("python -m effv2.training.recipe", "effv2 recipes")
     (HERE.parent / "README.md").write_text(text)
     print(f"README.md: {len(text.splitlines())} lines from {len(parts)} sections")
 

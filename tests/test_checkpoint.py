@@ -29,8 +29,16 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 import effv2.io.checkpoint as ckpt_mod
 from effv2 import create_model
 from effv2.errors import UsageError
-from effv2.io.checkpoint import (Checkpoint, CheckpointVersionWarning, CheckpointWriteError, checkpoint_path,
-                                 find_checkpoint, load_checkpoint, previous_path, save_checkpoint)
+from effv2.io.checkpoint import (
+    Checkpoint,
+    CheckpointVersionWarning,
+    CheckpointWriteError,
+    checkpoint_path,
+    find_checkpoint,
+    load_checkpoint,
+    previous_path,
+    save_checkpoint,
+)
 from effv2.io.weights import save_weights
 
 PICO = "efficientnetv2_pico"
@@ -149,13 +157,13 @@ def test_optimizer_state_round_trips_bitwise_and_resumes_identically(tmp_path, n
     opt = OPTIMIZERS[name](_groups(model))
     _train(model, opt)
     path = tmp_path / "last.safetensors"
-    save_checkpoint(path, model=model, optimizer=opt, state={"epoch": 1})
+    save_checkpoint(path, {"model": model, "optim": opt}, state={"epoch": 1})
 
     model2 = _model(seed=7)
     opt2 = OPTIMIZERS[name](_groups(model2))
     for g in opt2.param_groups:  # different hyperparameters: the file's must win
         g["lr"] = 0.5 if not isinstance(g["lr"], torch.Tensor) else torch.tensor(0.5)
-    load_checkpoint(path, model=model2, optimizer=opt2)
+    load_checkpoint(path, {"model": model2, "optim": opt2})
     assert_same(model.state_dict(), model2.state_dict(), "model")
     assert_same(opt.state_dict(), opt2.state_dict(), "optim")
     if name == "adamw":
@@ -176,7 +184,7 @@ def test_state_recipe_extra_round_trip_exactly(tmp_path):
     extra = {"bf16": torch.randn(3, 4).to(torch.bfloat16), "mask": torch.rand(5) > 0.5,
              "ids": torch.arange(10, dtype=torch.int64), "scalar": torch.tensor(2.5, dtype=torch.float64)}
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, model=_model(), state=state, recipe=recipe, extra=extra)
+    save_checkpoint(path, {"model": _model()}, state=state, recipe=recipe, extra=extra)
     ck = load_checkpoint(path)
     assert isinstance(ck, Checkpoint) and ck.path == path
     expected = dict(state, np_scalar=0.5)  # numpy scalars come back as python numbers
@@ -191,16 +199,16 @@ def test_state_recipe_extra_round_trip_exactly(tmp_path):
 def test_values_that_need_pickle_are_refused_before_writing(tmp_path):
     path = tmp_path / "c.safetensors"
     with pytest.raises(UsageError, match=r"state/t is a tensor; pass tensors through extra="):
-        save_checkpoint(path, model=_model(), state={"t": torch.zeros(2)})
+        save_checkpoint(path, {"model": _model()}, state={"t": torch.zeros(2)})
     with pytest.raises(UsageError, match=r"state/when is of type object, which cannot be stored without pickle"):
-        save_checkpoint(path, model=_model(), state={"when": object()})
+        save_checkpoint(path, {"model": _model()}, state={"when": object()})
     assert not path.exists() and _temps(tmp_path) == []
 
 
 def test_tensors_sharing_memory_are_saved(tmp_path):
     base = torch.arange(12.0)
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, model=_model(), state={}, extra={"a": base[:6], "b": base[6:], "same": base})
+    save_checkpoint(path, {"model": _model()}, state={}, extra={"a": base[:6], "b": base[6:], "same": base})
     ck = load_checkpoint(path)
     assert_same({"a": base[:6].clone(), "b": base[6:].clone(), "same": base}, ck.extra)
 
@@ -236,13 +244,13 @@ def test_wrapped_and_plain_models_load_into_each_other(tmp_path, process_group, 
     opt = torch.optim.SGD(src.parameters(), lr=0.1, momentum=0.9)
     _step(opt)
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, model=_wrap(src, save_as), optimizer=opt, state={})
+    save_checkpoint(path, {"model": _wrap(src, save_as), "optim": opt}, state={})
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
     assert "model/stem.conv.weight" in keys and not any("module." in k or "_orig_mod" in k for k in keys)
     dst = _model(seed=5)
     opt2 = torch.optim.SGD(dst.parameters(), lr=0.1, momentum=0.9)
-    load_checkpoint(path, model=_wrap(dst, load_as), optimizer=opt2)
+    load_checkpoint(path, {"model": _wrap(dst, load_as), "optim": opt2})
     assert_same(src.state_dict(), dst.state_dict())
     assert_same(opt.state_dict(), opt2.state_dict())
 
@@ -255,24 +263,24 @@ def test_averaged_model_ema_round_trips_with_n_averaged(tmp_path):
         _step(opt, seed=i)
         ema.update_parameters(model)
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, model=model, ema=ema, state={})
+    save_checkpoint(path, {"model": model, "ema": ema}, state={})
 
     ema2 = AveragedModel(_model(seed=3), multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
-    load_checkpoint(path, model=_model(), ema=ema2)
+    load_checkpoint(path, {"model": _model(), "ema": ema2})
     assert_same(ema.state_dict(), ema2.state_dict())
     assert int(ema2.n_averaged) == 3
 
     plain = _model(seed=4)  # the EMA weights into a plain model (evaluation, export)
-    ck = load_checkpoint(path, ema=plain)
+    ck = load_checkpoint(path, {"ema": plain})
     assert_same(ema.module.state_dict(), plain.state_dict())
     assert ck.ema_state is None and ck.model_state is not None
 
     # Saved from a plain module: loading into a fresh AveragedModel counts the weights as one
     # average, so the next update blends into them instead of overwriting them with the model.
     path2 = tmp_path / "plain_ema.safetensors"
-    save_checkpoint(path2, model=model, ema=plain, state={})
+    save_checkpoint(path2, {"model": model, "ema": plain}, state={})
     ema3 = AveragedModel(_model(seed=6), multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
-    load_checkpoint(path2, ema=ema3)
+    load_checkpoint(path2, {"ema": ema3})
     assert int(ema3.n_averaged) == 1
     before = ema3.module.stem.conv.weight.clone()
     ema3.update_parameters(model)
@@ -282,18 +290,18 @@ def test_averaged_model_ema_round_trips_with_n_averaged(tmp_path):
 # -- refusals -------------------------------------------------------------------------------------------
 def test_architecture_mismatch_names_first_differing_key_and_changes_nothing(tmp_path):
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, model=_model(num_classes=10), state={})
+    save_checkpoint(path, {"model": _model(num_classes=10)}, state={})
     other = _model(num_classes=12, seed=3)
     before = {k: v.clone() for k, v in other.state_dict().items()}
     with pytest.raises(UsageError) as err:
-        load_checkpoint(path, model=other)
+        load_checkpoint(path, {"model": other})
     assert str(err.value) == (f"{path}: architecture mismatch at 'classifier.weight': "
                               f"shape (10, 64) in file, (12, 64) in model")
     assert_same(before, other.state_dict())
     mini = create_model("efficientnetv2_mini", num_classes=10)
     with pytest.raises(UsageError, match=r"architecture mismatch at 'stem.conv.weight': shape \(8, 3, 3, 3\) "
                                          r"in file, \(24, 3, 3, 3\) in model"):
-        load_checkpoint(path, model=mini)
+        load_checkpoint(path, {"model": mini})
 
 
 def test_optimizer_mismatch_is_refused_before_anything_changes(tmp_path):
@@ -301,28 +309,28 @@ def test_optimizer_mismatch_is_refused_before_anything_changes(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     _step(opt)
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, model=model, optimizer=opt, state={})
+    save_checkpoint(path, {"model": model, "optim": opt}, state={})
     fresh = _model(seed=9)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
     with pytest.raises(UsageError, match="optimizer mismatch: file has SGD state, the optimizer is AdamW"):
-        load_checkpoint(path, model=fresh, optimizer=torch.optim.AdamW(fresh.parameters()))
+        load_checkpoint(path, {"model": fresh, "optim": torch.optim.AdamW(fresh.parameters())})
     two = torch.optim.SGD(_groups(fresh), lr=0.1)
     sizes = [len(g["params"]) for g in two.param_groups]
     with pytest.raises(UsageError, match=re.escape(f"parameters per group [30] in file, {sizes} in optimizer")):
-        load_checkpoint(path, model=fresh, optimizer=two)
+        load_checkpoint(path, {"model": fresh, "optim": two})
     assert_same(before, fresh.state_dict())
-    with pytest.raises(UsageError, match="has no EMA weights"):
-        load_checkpoint(path, ema=_model())
-    save_checkpoint(tmp_path / "no_opt.safetensors", model=model, state={})
+    with pytest.raises(UsageError, match="has no 'ema' weights"):
+        load_checkpoint(path, {"ema": _model()})
+    save_checkpoint(tmp_path / "no_opt.safetensors", {"model": model}, state={})
     with pytest.raises(UsageError, match="has no optimizer state"):
-        load_checkpoint(tmp_path / "no_opt.safetensors", optimizer=opt)
+        load_checkpoint(tmp_path / "no_opt.safetensors", {"optim": opt})
 
 
 def test_other_versions_warn_naming_both_or_are_refused_when_strict(tmp_path, monkeypatch):
     path = tmp_path / "c.safetensors"
     with monkeypatch.context() as m:
         m.setattr(ckpt_mod, "_versions", lambda: {"effv2_version": "0.0.9", "torch_version": "2.0.0+cu118"})
-        save_checkpoint(path, model=_model(), state={})
+        save_checkpoint(path, {"model": _model()}, state={})
     import effv2
 
     with pytest.warns(CheckpointVersionWarning) as rec:
@@ -338,7 +346,7 @@ def test_other_versions_warn_naming_both_or_are_refused_when_strict(tmp_path, mo
         public = torch.__version__.split("+")[0]
         m.setattr(ckpt_mod, "_versions", lambda: {"effv2_version": effv2.__version__,
                                                   "torch_version": public + "+cpu"})
-        save_checkpoint(path, model=_model(), state={})
+        save_checkpoint(path, {"model": _model()}, state={})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_checkpoint(path, strict_versions=True)
@@ -350,7 +358,7 @@ def _saved(tmp_path: Path) -> Path:
     opt = torch.optim.AdamW(model.parameters())
     _step(opt)
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, model=model, optimizer=opt, state={"epoch": 1})
+    save_checkpoint(path, {"model": model, "optim": opt}, state={"epoch": 1})
     return path
 
 
@@ -364,7 +372,7 @@ def test_truncated_or_damaged_files_are_one_line_usage_errors(tmp_path):
         bad = tmp_path / f"cut{cut}.safetensors"
         bad.write_bytes(data[:cut])
         with pytest.raises(UsageError, match=rf"^{bad}: not a complete checkpoint \(") as err:
-            load_checkpoint(bad, model=_model())
+            load_checkpoint(bad, {"model": _model()})
         assert "\n" not in str(err.value)
     flipped = bytearray(data)
     flipped[len(data) - 100] ^= 0x01  # one bit in the tensor data, invisible to the format itself
@@ -399,7 +407,7 @@ def test_malformed_metadata_is_refused_and_changes_nothing(tmp_path, key, value,
     opt = torch.optim.AdamW(model.parameters())
     before, rng_before = {k: v.clone() for k, v in model.state_dict().items()}, torch.get_rng_state()
     with pytest.raises(UsageError, match=re.escape(message)):
-        load_checkpoint(path, model=model, optimizer=opt)
+        load_checkpoint(path, {"model": model, "optim": opt})
     assert_same(before, model.state_dict())
     assert not opt.state and torch.equal(rng_before, torch.get_rng_state())
 
@@ -434,7 +442,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
         monkeypatch.setattr(pickle, name, refuse)
     monkeypatch.setattr(torch, "load", refuse)
     model = _model()
-    ck = load_checkpoint(path, model=model, optimizer=torch.optim.AdamW(model.parameters()))
+    ck = load_checkpoint(path, {"model": model, "optim": torch.optim.AdamW(model.parameters())})
     assert ck.state["blob"].encode("latin-1") == payload and not marker.exists()
     # Raw pickle bytes as a metadata value: not JSON, refused as data, never run.
     _rewrite_metadata(path, state=payload.decode("latin-1"))
@@ -452,7 +460,7 @@ def _enospc_from_writer(tensors, filename, metadata=None):
 @pytest.mark.parametrize("failure", ["writer", "replace", "fsync"])
 def test_failed_write_keeps_previous_and_leaves_no_temp(tmp_path, monkeypatch, failure):
     path = checkpoint_path(tmp_path, "last")
-    save_checkpoint(path, model=_model(), state={"counter": 1})
+    save_checkpoint(path, {"model": _model()}, state={"counter": 1})
     with monkeypatch.context() as m:
         if failure == "writer":  # what safetensors raises on a real full disk (see the tmpfs test)
             m.setattr(ckpt_mod, "save_file", _enospc_from_writer)
@@ -468,7 +476,7 @@ def test_failed_write_keeps_previous_and_leaves_no_temp(tmp_path, monkeypatch, f
             m.setattr(os, "fsync", fsync)
             reason = "Input/output error"
         with pytest.raises(CheckpointWriteError) as err:
-            save_checkpoint(path, model=_model(), state={"counter": 2}, keep_previous=False)
+            save_checkpoint(path, {"model": _model()}, state={"counter": 2}, keep_previous=False)
     assert str(err.value) == f"could not write checkpoint {path}: {reason}; the previous checkpoint is intact"
     assert isinstance(err.value, UsageError)
     assert load_checkpoint(path).state == {"counter": 1}
@@ -479,17 +487,17 @@ def test_failed_first_write_says_nothing_was_written(tmp_path, monkeypatch):
     path = checkpoint_path(tmp_path, "last")
     monkeypatch.setattr(ckpt_mod, "save_file", _enospc_from_writer)
     with pytest.raises(CheckpointWriteError, match=r"No space left on device; no checkpoint was written$"):
-        save_checkpoint(path, model=_model(), state={})
+        save_checkpoint(path, {"model": _model()}, state={})
     assert not path.exists() and _temps(path.parent) == []
 
 
 def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
     path = checkpoint_path(tmp_path, "last")
-    save_checkpoint(path, model=_model(), state={"counter": 1})
+    save_checkpoint(path, {"model": _model()}, state={"counter": 1})
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(CheckpointWriteError, match=r"No space left on device \(needs 0\.\d MiB, 0\.0 MiB free\); "
                                                    r"the previous checkpoint is intact"):
-        save_checkpoint(path, model=_model(), state={"counter": 2})
+        save_checkpoint(path, {"model": _model()}, state={"counter": 2})
     assert load_checkpoint(path).state == {"counter": 1} and _temps(path.parent) == []
 
 
@@ -592,11 +600,11 @@ def test_real_write_error_file_size_limit(tmp_path, forks):
     path = checkpoint_path(tmp_path, "last")
     body = """
         import resource, signal
-        save_checkpoint(path, model=model, state={"counter": 1})
+        save_checkpoint(path, {"model": model}, state={"counter": 1})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get the error instead of the signal
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
         try:
-            save_checkpoint(path, model=model, state={"counter": 2}, extra={"big": torch.zeros(100_000)})
+            save_checkpoint(path, {"model": model}, state={"counter": 2}, extra={"big": torch.zeros(100_000)})
         except CheckpointWriteError as exc:
             print(exc)
     """
@@ -613,15 +621,15 @@ def test_real_full_disk_on_a_small_tmpfs(tmp_path, monkeypatch):
         pytest.skip("cannot mount a tmpfs here")
     try:
         path = checkpoint_path(disk, "last")
-        save_checkpoint(path, model=_model(), state={"counter": 1})
+        save_checkpoint(path, {"model": _model()}, state={"counter": 1})
         big = {"big": torch.zeros(300_000)}  # 1.2 MB: more than the disk holds
         with pytest.raises(CheckpointWriteError, match=r"No space left on device \(needs 1\.\d MiB, 0\.\d MiB free\); "
                                                        r"the previous checkpoint is intact"):
-            save_checkpoint(path, model=_model(), state={"counter": 2}, extra=big)
+            save_checkpoint(path, {"model": _model()}, state={"counter": 2}, extra=big)
         # Past the free-space check (as if another process freed space in between): the writer hits ENOSPC.
         monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(2**40, 0, 2**40))
         with pytest.raises(CheckpointWriteError) as err:
-            save_checkpoint(path, model=_model(), state={"counter": 3}, extra=big)
+            save_checkpoint(path, {"model": _model()}, state={"counter": 3}, extra=big)
         assert str(err.value) == (f"could not write checkpoint {path}: No space left on device; "
                                   f"the previous checkpoint is intact")
         assert load_checkpoint(path).state == {"counter": 1}
@@ -634,24 +642,24 @@ def test_real_full_disk_on_a_small_tmpfs(tmp_path, monkeypatch):
 # -- previous checkpoint, temp files, finding ---------------------------------------------------------------
 def test_keep_previous_keeps_the_replaced_checkpoint(tmp_path, monkeypatch):
     path = checkpoint_path(tmp_path, "last")
-    save_checkpoint(path, model=_model(), state={"counter": 1})
+    save_checkpoint(path, {"model": _model()}, state={"counter": 1})
     assert not previous_path(path).exists()  # nothing replaced yet
-    save_checkpoint(path, model=_model(), state={"counter": 2})
+    save_checkpoint(path, {"model": _model()}, state={"counter": 2})
     assert previous_path(path).name == "last.prev.safetensors"
     assert load_checkpoint(previous_path(path)).state == {"counter": 1}
     monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.EPERM, "no links")))
-    save_checkpoint(path, model=_model(), state={"counter": 3})  # no hard links here: copied instead
+    save_checkpoint(path, {"model": _model()}, state={"counter": 3})  # no hard links here: copied instead
     assert load_checkpoint(previous_path(path)).state == {"counter": 2}
     assert load_checkpoint(path).state == {"counter": 3}
-    save_checkpoint(path, model=_model(), state={"counter": 4}, keep_previous=False)
+    save_checkpoint(path, {"model": _model()}, state={"counter": 4}, keep_previous=False)
     assert load_checkpoint(previous_path(path)).state == {"counter": 2}  # left alone
     assert _temps(path.parent) == []
 
 
 def test_damaged_last_points_to_the_previous(tmp_path):
     path = checkpoint_path(tmp_path, "last")
-    save_checkpoint(path, model=_model(), state={"counter": 1})
-    save_checkpoint(path, model=_model(), state={"counter": 2})
+    save_checkpoint(path, {"model": _model()}, state={"counter": 1})
+    save_checkpoint(path, {"model": _model()}, state={"counter": 2})
     data = path.read_bytes()
     os.unlink(path)  # break the hard link before damaging the file
     path.write_bytes(data[: len(data) // 2])
@@ -673,13 +681,13 @@ def test_find_checkpoint(tmp_path):
     (last.parent / ".last.safetensors.abc123.tmp").write_bytes(b"half a checkpoint")  # a killed save
     with pytest.raises(UsageError, match="no 'last' checkpoint"):
         find_checkpoint(run)
-    save_checkpoint(last, model=_model(), state={})
+    save_checkpoint(last, {"model": _model()}, state={})
     assert find_checkpoint(run) == last
     assert find_checkpoint(last.parent) == last  # the checkpoints/ folder itself
     assert find_checkpoint(last) == last
     with pytest.raises(UsageError, match="no 'best' checkpoint"):
         find_checkpoint(run, "best")
-    save_checkpoint(checkpoint_path(run, "best"), model=_model(), state={})
+    save_checkpoint(checkpoint_path(run, "best"), {"model": _model()}, state={})
     assert find_checkpoint(run, "best") == checkpoint_path(run, "best")
     with pytest.raises(UsageError, match="expected one of last, best, got 'first'"):
         checkpoint_path(run, "first")
@@ -694,7 +702,7 @@ def _draws() -> list:
 def test_rng_resumes_the_uninterrupted_sequence(tmp_path):
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, model=_model(), state={})  # _model() seeds torch: capture happens after
+    save_checkpoint(path, {"model": _model()}, state={})  # _model() seeds torch: capture happens after
     expected = [_draws() for _ in range(3)]  # what the run draws next, uninterrupted
     random.seed(2), np.random.seed(2), torch.manual_seed(2)
     load_checkpoint(path, restore_rng_state=False)
@@ -708,7 +716,7 @@ def test_rng_resumes_in_another_process(tmp_path, forks):
     body = """
         import random, numpy as np
         random.seed(7); np.random.seed(7); torch.manual_seed(7)
-        save_checkpoint(path, model=model, state={})
+        save_checkpoint(path, {"model": model}, state={})
         print([random.random(), float(np.random.rand()), float(torch.rand(1)), float(torch.randn(1))])
     """
     lines = forks.run(body, str(path))
@@ -726,7 +734,7 @@ _KILL_JOB = """
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(k)
-        save_checkpoint(path, model=model, state={"counter": k}, rng=False)
+        save_checkpoint(path, {"model": model}, state={"counter": k}, rng=False)
         print(k, flush=True)
 """
 
@@ -749,14 +757,14 @@ def _kill_loop(tmp_path: Path, forks: ForkServer, kills: int, seed: int) -> dict
         stats["saves"] += len(reported)
         stats["temp_left"] += bool(_temps(path.parent))
         assert find_checkpoint(tmp_path) == path
-        ck = load_checkpoint(path, model=target)
+        ck = load_checkpoint(path, {"model": target})
         counter = ck.state["counter"]
         # Killed after the rename but before the print: one more than reported, never anything else.
         assert counter in (reported[-1], reported[-1] + 1), (counter, reported[-1])
         assert all(bool((p == counter).all()) for p in target.parameters()), "a file mixing two saves"
         if previous_path(path).exists():
             assert load_checkpoint(previous_path(path)).state["counter"] in (counter - 1, counter)
-    save_checkpoint(path, model=target, state={"counter": counter + 1}, rng=False)
+    save_checkpoint(path, {"model": target}, state={"counter": counter + 1}, rng=False)
     assert _temps(path.parent) == []  # the next successful save removes what the kills left
     return stats
 
@@ -781,11 +789,11 @@ def test_cuda_model_and_optimizer_round_trip(tmp_path):
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, model=model, optimizer=opt, state={})
+    save_checkpoint(path, {"model": model, "optim": opt}, state={})
     expected = torch.rand(3, device="cuda")
     model2 = _model(seed=3).cuda()
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-2)
-    ck = load_checkpoint(path, model=model2, optimizer=opt2)
+    ck = load_checkpoint(path, {"model": model2, "optim": opt2})
     assert ck.meta["rng"]["cuda_devices"] >= 1
     assert_same(model.state_dict(), model2.state_dict())
     assert_same(opt.state_dict(), opt2.state_dict())

@@ -1,4 +1,5 @@
-"""One test over the whole registry, pinned sizes and costs, a golden output, spec round trips, model API."""
+"""One test over the whole registry, pinned sizes and costs, a golden output, spec round trips, model API,
+and the technique options (norm="dual_bn" for AdvProp, act= for smooth adversarial training)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from effv2.models import PAPER_MODELS, ArchSpec, SpecError, Stage, create_model, get_card, list_models
-from effv2.models.blocks import Conv2dSame
+from effv2.errors import UsageError
+from effv2.models import (ACTS, NORMS, PAPER_MODELS, ArchSpec, DualBatchNorm2d, EfficientNetV2, SpecError, Stage,
+                          add_aux_bn_state, create_model, drop_aux_bn_state, get_card, init_aux_from_main,
+                          list_models)
+from effv2.models.blocks import ACT_LAYERS, NORM_LAYERS, Conv2dSame
 from effv2.models.flops import count_macs, count_params
+from effv2.models.fuse import count_bn, fold_bn
 from effv2.models.spec import BLOCK_TYPES, PADDINGS, ModelCard
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -133,15 +138,17 @@ _mult = st.one_of(st.sampled_from([1.0, 1.1, 1.2, 0.5, 2.0]), st.floats(0.01, 16
 _specs = st.builds(ArchSpec, stages=st.lists(_stages, min_size=1, max_size=8).map(tuple),
                    stem=st.integers(1, 128), head=st.integers(1, 4096), stem_stride=st.sampled_from([1, 2]),
                    width_mult=_mult, depth_mult=_mult, bn_eps=st.sampled_from([1e-3, 1e-5]),
-                   bn_momentum=st.sampled_from([0.1, 0.01]), padding=st.sampled_from(PADDINGS))
+                   bn_momentum=st.sampled_from([0.1, 0.01]), padding=st.sampled_from(PADDINGS),
+                   norm=st.sampled_from(NORMS), act=st.sampled_from(ACTS))
 
 
 @settings(max_examples=100, deadline=None)
 @given(spec=_specs)
 def test_any_valid_spec_round_trips(spec: ArchSpec) -> None:
     assert ArchSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-    # The compact string carries the architecture rows and multipliers, not BN settings or padding.
-    plain = replace(spec, bn_eps=1e-3, bn_momentum=0.1, padding="symmetric")
+    # The compact string carries the architecture rows and multipliers, not BN settings, padding or
+    # the technique options.
+    plain = replace(spec, bn_eps=1e-3, bn_momentum=0.1, padding="symmetric", norm="bn", act="silu")
     assert ArchSpec.from_str(spec.to_str()) == plain
     assert all(Stage.from_str(s.to_str()) == s for s in spec.stages)
 
@@ -245,3 +252,186 @@ def test_paper_models_use_official_bn_and_rounding() -> None:
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(m.eps == 1e-3 and m.momentum == 0.1 for m in bns)
     assert math.isclose(get_card("efficientnetv2_s").drop_path, 0.2)
+
+
+# -- technique options: activation (SAT) and dual BN (AdvProp) ------------------------------------
+
+OPTION_MODELS = ("efficientnetv2_pico", "efficientnetv2_mini")  # small and fast; both have SE blocks
+
+
+def _step(model: torch.nn.Module, seed: int = 1) -> torch.Tensor:
+    """One train-mode forward + backward at 32 px, batch 2; returns the output."""
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    y = model(torch.randn(2, model.in_chans, 32, 32))
+    assert torch.isfinite(y).all()
+    y.square().mean().backward()
+    return y
+
+
+def _assert_grads(model: torch.nn.Module, names: set[str], what: str) -> None:
+    for pname, p in model.named_parameters():
+        if pname in names:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"{what}: {pname} got no gradient"
+            assert p.grad.abs().sum() > 0, f"{what}: {pname} got an all-zero gradient"
+        else:
+            assert p.grad is None, f"{what}: {pname} is off the active path but got a gradient"
+
+
+def test_option_names_match_the_layers_blocks_build() -> None:
+    assert tuple(ACT_LAYERS) == ACTS and tuple(NORM_LAYERS) == NORMS
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("name", OPTION_MODELS)
+def test_every_activation_is_used_everywhere_and_trains(name: str, act: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, act=act, drop_rate=0.0, drop_path_rate=0.0)
+    plain = create_model(name, num_classes=5)
+    cls = type(ACT_LAYERS[act]())
+    n_act = sum(isinstance(m, torch.nn.SiLU) for m in plain.modules())
+    assert n_act > 0 and sum(type(m) is cls for m in model.modules()) == n_act  # SE's act included
+    assert sum(isinstance(m, torch.nn.SiLU) for m in model.modules()) == (n_act if act == "silu" else 0)
+    assert model.state_dict().keys() == plain.state_dict().keys() and count_params(model) == count_params(plain)
+    called = []  # each activation module really runs (a forward calling F.silu directly would not)
+    for m in model.modules():
+        if type(m) is cls:
+            m.register_forward_hook(lambda mod, args, out: called.append(mod))
+    _step(model)
+    assert len(called) == len({id(m) for m in called}) == n_act
+    _assert_grads(model, {n for n, _ in model.named_parameters()}, f"{name} act={act}")
+
+
+def test_default_options_are_todays_model_bit_for_bit() -> None:
+    torch.manual_seed(0)
+    default = create_model("efficientnetv2_pico")
+    torch.manual_seed(0)
+    explicit = create_model("efficientnetv2_pico", act="silu", norm="bn")
+    assert default.spec == explicit.spec and "norm" not in default.spec.to_dict()
+    assert all(type(m) is torch.nn.BatchNorm2d for m in default.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    torch.testing.assert_close(_step(default), _step(explicit), atol=0, rtol=0)
+
+
+def _bn_params(model: torch.nn.Module, aux: bool) -> set[str]:
+    return {n for n, _ in model.named_parameters() if ".bn." in f".{n}" and (".aux." in n) == aux}
+
+
+@pytest.mark.parametrize("name", OPTION_MODELS)
+def test_dual_bn_adds_an_aux_bn_beside_each_main_bn(name: str) -> None:
+    plain, dual = _meta_model(name), _meta_model(name, norm="dual_bn")
+    bns = [m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert count_params(dual) == count_params(plain) + sum(m.weight.numel() + m.bias.numel() for m in bns)
+    assert sum(isinstance(m, DualBatchNorm2d) for m in dual.modules()) == len(bns)
+    # Main BN keeps the plain keys, so plain weights load into it; aux sits at <bn>.aux.<tensor>.
+    keys, dual_keys = plain.state_dict().keys(), dual.state_dict().keys()
+    extra = [k for k in dual_keys if k not in keys]
+    assert set(keys) <= set(dual_keys) and len(extra) == 5 * len(bns)
+    assert all(k.replace(".bn.aux.", ".bn.") in keys for k in extra)
+
+
+@pytest.mark.parametrize("name", OPTION_MODELS)
+def test_dual_bn_routes_through_main_or_aux(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, norm="dual_bn", num_classes=5, drop_rate=0.0, drop_path_rate=0.0)
+    dual = [m for m in model.modules() if isinstance(m, DualBatchNorm2d)]
+    everything = {n for n, _ in model.named_parameters()}
+
+    def stats() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return ([m.running_mean.clone() for m in dual], [m.aux.running_mean.clone() for m in dual])
+
+    main0, aux0 = stats()
+    _step(model)  # main mode (the default): clean images
+    _assert_grads(model, everything - _bn_params(model, aux=True), f"{name} main")
+    main1, aux1 = stats()
+    assert all(not torch.equal(a, b) for a, b in zip(main0, main1)) and all(map(torch.equal, aux0, aux1))
+
+    with model.bn_mode("aux"):  # adversarial images: the aux BNs normalise and update
+        assert all(m.use_aux for m in dual)
+        _step(model, seed=2)
+    assert not any(m.use_aux for m in dual)  # the context restores main
+    _assert_grads(model, everything - _bn_params(model, aux=False), f"{name} aux")
+    main2, aux2 = stats()
+    assert all(map(torch.equal, main1, main2)) and all(not torch.equal(a, b) for a, b in zip(aux1, aux2))
+
+    model.set_bn_mode("aux")
+    assert all(m.use_aux for m in dual)
+    model.set_bn_mode("main")
+    assert not any(m.use_aux for m in dual)
+
+
+def test_plain_weights_load_into_dual_bn_and_back() -> None:
+    torch.manual_seed(0)
+    plain = create_model("efficientnetv2_pico").train()
+    _step(plain)  # non-trivial running stats
+    plain.eval()
+    dual = create_model("efficientnetv2_pico", norm="dual_bn").eval()
+    state = plain.state_dict()
+    missing, unexpected = dual.load_state_dict(state, strict=False)
+    assert missing and all(".aux." in k for k in missing) and not unexpected
+    dual.load_state_dict(add_aux_bn_state(state, dual))  # strict: aux filled from main
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = plain(x)
+        torch.testing.assert_close(dual(x), ref, atol=0, rtol=0)
+        with dual.bn_mode("aux"):
+            torch.testing.assert_close(dual(x), ref, atol=0, rtol=0)  # aux is a copy of main
+    # init_aux_from_main does the same on a built model; drop_aux_bn_state gives back the plain model.
+    fresh = create_model("efficientnetv2_pico", norm="dual_bn").eval()
+    fresh.load_state_dict(state, strict=False)
+    assert init_aux_from_main(fresh) == count_bn(plain)
+    with torch.no_grad(), fresh.bn_mode("aux"):
+        torch.testing.assert_close(fresh(x), ref, atol=0, rtol=0)
+    back = create_model("efficientnetv2_pico").eval()
+    back.load_state_dict(drop_aux_bn_state(dual.state_dict()))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), ref, atol=0, rtol=0)
+
+
+def test_fold_bn_folds_the_main_bn_of_a_dual_bn_model() -> None:
+    torch.manual_seed(0)
+    model = create_model("efficientnetv2_pico", norm="dual_bn", act="gelu")
+    _step(model)
+    with model.bn_mode("aux"):
+        _step(model)  # main and aux stats now differ
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    folded = fold_bn(model)
+    assert count_bn(folded) == 0 and folded.folded_bn == count_bn(create_model("efficientnetv2_pico"))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-4)
+    model.set_bn_mode("aux")
+    with pytest.raises(UsageError, match=r"fold_bn: the model is in aux BN mode"):
+        fold_bn(model)
+
+
+def test_options_travel_with_the_spec_and_old_dicts_still_load(tmp_path) -> None:
+    card = get_card("efficientnetv2_pico")
+    old = card.spec.to_dict()
+    assert "norm" not in old and "act" not in old  # defaults leave plain dicts as they were
+    assert ArchSpec.from_dict(old) == card.spec
+    torch.manual_seed(0)
+    model = create_model("efficientnetv2_pico", norm="dual_bn", act="softplus", num_classes=4)
+    d = json.loads(json.dumps(model.spec.to_dict()))
+    assert (d["norm"], d["act"]) == ("dual_bn", "softplus")
+    # What inference does with a checkpoint's recorded spec: the same variant, strict load.
+    rebuilt = EfficientNetV2(ArchSpec.from_dict(d), num_classes=4)
+    rebuilt.load_state_dict(model.state_dict())
+    assert sum(isinstance(m, torch.nn.Softplus) for m in rebuilt.modules()) > 0
+    variant = replace(card, spec=model.spec)
+    assert ModelCard.from_dict(json.loads(json.dumps(variant.to_dict()))) == variant
+    model.spec.save(tmp_path / "sat.json")
+    assert any(isinstance(m, DualBatchNorm2d) for m in _meta_model(str(tmp_path / "sat.json")).modules())
+
+
+def test_bad_option_values_name_the_option_and_the_valid_ones() -> None:
+    with pytest.raises(SpecError, match=r"^spec\.act: 'swish' is not one of silu, gelu, softplus, elu, relu$"):
+        create_model("efficientnetv2_pico", act="swish")
+    with pytest.raises(SpecError, match=r"^spec\.norm: 'gn' is not one of bn, dual_bn$"):
+        create_model("efficientnetv2_pico", norm="gn")
+    with pytest.raises(SpecError, match=r"spec\.norm: 'dualbn'"):
+        ArchSpec.from_dict({**get_card("efficientnetv2_pico").spec.to_dict(), "norm": "dualbn"})
+    with pytest.raises(UsageError, match=r"^bn mode: 'adv' is not one of main, aux$"):
+        create_model("efficientnetv2_pico", norm="dual_bn").set_bn_mode("adv")
+    with pytest.raises(UsageError, match=r"no DualBatchNorm2d \(build it with norm='dual_bn'\)"):
+        create_model("efficientnetv2_pico").set_bn_mode("aux")
+    create_model("efficientnetv2_pico").set_bn_mode("main")  # main on a plain model: nothing to switch

@@ -11,7 +11,7 @@ from torch import nn
 
 from effv2.models import create_model
 from effv2.training.optim import RMSpropTF, build_optimizer, param_groups
-from effv2.training.recipe import Recipe
+from effv2.config import Recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

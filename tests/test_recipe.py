@@ -8,9 +8,7 @@ import math
 
 import pytest
 
-from effv2.data.order import steps_per_epoch
-from effv2.errors import UsageError
-from effv2.training.recipe import (
+from effv2.config import (
     ProgressiveConfig,
     Recipe,
     default_recipe,
@@ -21,6 +19,8 @@ from effv2.training.recipe import (
     shipped_recipes,
     valid_keys,
 )
+from effv2.data.order import steps_per_epoch
+from effv2.errors import UsageError
 
 SHIPPED = ["base", "finetune", "finetune-cifar10", "finetune-cifar100", "finetune-flowers102",
            "finetune-stanford-cars", "fmnist-cpu", "imagenet", "imagenet-l", "imagenet-l-code", "imagenet-m",
@@ -84,7 +84,8 @@ def test_default_recipe_per_dataset_and_layer_order():
     assert prov["model"]["set"]["progressive.dropout_max"] == 0.1
     assert prov["dataset"]["set"]["crop"] == "pad_crop"
     assert rec.name == "fmnist-cpu" and rec.crop == "none" and rec.epochs == 3 and not rec.progressive.enabled
-    assert rec.progressive.dropout_max == 0.1 and rec.progressive.dropout_min == 0.05  # the recipe beats the model layer
+    # the recipe beats the model layer
+    assert rec.progressive.dropout_max == 0.1 and rec.progressive.dropout_min == 0.05
     assert rec.eval_size == 28 and rec.progressive.max_size == 28  # from the model card
 
 
@@ -224,7 +225,7 @@ def test_eps_defaults_per_optimizer_and_valid_keys_cover_every_field():
 
 
 def test_show_command(capsys):
-    from effv2.training.recipe import main
+    from effv2.cli.recipes import main
 
     assert main(["imagenet-s-code", "--model", "efficientnetv2_s"]) == 0
     out = capsys.readouterr().out

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from effv2.models import get_card
 from effv2.training.lr import lr_at, warmup_steps
-from effv2.training.recipe import ProgressiveConfig, Recipe, resolve_recipe
+from effv2.config import ProgressiveConfig, Recipe, resolve_recipe
 from effv2.training.schedule import all_stages, stage_bounds, stage_of_epoch, stage_params
 
 # Paper Table 6 (min -> max) and the official code (effnetv2_configs.py: randaug, mixup finals).

@@ -238,7 +238,7 @@ def test_proxy_step_time_is_timed_as_the_trainer_runs(monkeypatch) -> None:
 
     import effv2.bench.timing as timing
     from effv2.search.evaluators import ProxyEvaluator
-    from effv2.training.trainer import resolve_amp
+    from effv2.runtime import resolve_amp
 
     ev = ProxyEvaluator(data="fashion-mnist", image_size=12, overrides=("optimizer=adamw",))
     ev._bundle = types.SimpleNamespace(source="fashion-mnist", in_chans=1, num_classes=10)
@@ -250,10 +250,11 @@ def test_proxy_step_time_is_timed_as_the_trainer_runs(monkeypatch) -> None:
 
     monkeypatch.setattr(timing, "time_train_step", fake)
     assert ev.step_time(get_space("pico").base) == 0.01
-    amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_amp("auto", torch.device("cpu"), 128)]
-    assert seen["amp"] == amp and seen["channels_last"] is True and seen["optimizer"] == "adamw"
+    amp = resolve_amp("auto", torch.device("cpu"), 128)
+    assert seen["amp"] == amp and seen["channels_last"] is True and seen["recipe"].optimizer == "adamw"
+    assert seen["recipe"].task == "classify"  # the step timed is the recipe's task's real step
     assert seen["image_size"] == 12 and seen["in_chans"] == 1 and seen["batch_size"] == ev.batch()
-    assert ev.describe()["execution"] == {"amp": amp, "channels_last": True, "optimizer": "adamw"}
+    assert ev.describe()["execution"] == {"amp": amp, "channels_last": True, "optimizer": "adamw", "task": "classify"}
 
 
 def test_table_shows_each_architecture_once_with_how_often_it_was_proposed() -> None:

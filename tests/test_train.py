@@ -107,8 +107,13 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(str(path)).items() if k.startswith(("model/", "ema/", "optim/"))}
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "effv2", *args], capture_output=True, text=True, timeout=300,
+FAULT_RUN = str(Path(__file__).resolve().parent / "fault_run.py")
+
+
+def _cli(*args: str, env: dict | None = None, kill_at_step: int | None = None) -> subprocess.CompletedProcess:
+    """The effv2 CLI in a subprocess; with ``kill_at_step`` through the test hook that SIGKILLs it there."""
+    runner = ["-m", "effv2"] if kill_at_step is None else [FAULT_RUN, "--kill-at-step", str(kill_at_step)]
+    return subprocess.run([sys.executable, *runner, *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
 
 
@@ -119,7 +124,7 @@ def test_killed_and_resumed_run_is_bitwise_exact(tmp_path, tiny_fmnist):
     assert rc == 0
     part = tmp_path / "part"
     args = _train_args(tiny_fmnist, part, extra)
-    killed = _cli(*args, env={"EFFV2_FAULT_KILL_AT_STEP": "5"})
+    killed = _cli(*args, kill_at_step=5)
     assert killed.returncode == -9, killed.stderr[-2000:]
     resumed = _cli("train", "--resume", str(part), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -162,23 +167,27 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_fmnist):
     assert cfg["world_size"] == 2
 
 
-def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_fmnist, monkeypatch, capsys):
-    from effv2.training import trainer as trainer_mod
+def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_fmnist, capsys):
+    from effv2.training.tasks import TASKS, register
+    from effv2.training.tasks.classify import ClassifyTask
 
-    real = trainer_mod.Trainer.loss_fn
     calls = {"n": 0}
 
-    def flaky(self, logits, y):
-        calls["n"] += 1
-        loss = real(self, logits, y)
-        if calls["n"] == 2:  # one bad step: skipped, counted, training goes on
-            return loss * float("nan")
-        if calls["n"] >= 12:  # from the second epoch on: every step bad -> stop after 3 in a row
-            return loss * float("inf")
-        return loss
+    class FlakyTask(ClassifyTask):  # a test-only task: the loss goes bad on chosen steps
+        def forward(self, batches, step):
+            calls["n"] += 1
+            out = super().forward(batches, step)
+            if calls["n"] == 2:  # one bad step: skipped, counted, training goes on
+                out["loss"] = out["loss"] * float("nan")
+            if calls["n"] >= 12:  # from the second epoch on: every step bad -> stop after 3 in a row
+                out["loss"] = out["loss"] * float("inf")
+            return out
 
-    monkeypatch.setattr(trainer_mod.Trainer, "loss_fn", flaky)
-    rc, out = _train(tmp_path, tiny_fmnist, "nan", ["max_nonfinite_steps=3"])
+    register("test_flaky")(FlakyTask)
+    try:
+        rc, out = _train(tmp_path, tiny_fmnist, "nan", ["max_nonfinite_steps=3", "task=test_flaky"])
+    finally:
+        TASKS.pop("test_flaky")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1
     assert "3 non-finite steps in a row" in err[0] and "rank 0" in err[0] and "batch" in err[0]
@@ -240,7 +249,7 @@ def test_init_from_weights_for_fine_tuning(tmp_path, tiny_fmnist):
 
 def test_adapt_rgb_weights_to_grayscale_and_new_classes():
     from effv2 import create_model
-    from effv2.training.trainer import adapt_and_load
+    from effv2.training.build import adapt_and_load
 
     src = create_model("efficientnetv2_pico", num_classes=1000, in_chans=3)
     dst = create_model("efficientnetv2_pico", num_classes=10, in_chans=1)
@@ -278,7 +287,7 @@ def test_resume_with_loader_workers_is_bitwise_exact(tmp_path, tiny_fmnist):
         return a
 
     assert main(args(tmp_path / "full")) == 0
-    killed = _cli(*args(tmp_path / "part"), env={"EFFV2_FAULT_KILL_AT_STEP": "7"})
+    killed = _cli(*args(tmp_path / "part"), kill_at_step=7)
     assert killed.returncode == -9, killed.stderr[-2000:]
     resumed = _cli("train", "--resume", str(tmp_path / "part"), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -291,9 +300,10 @@ def test_resume_with_loader_workers_is_bitwise_exact(tmp_path, tiny_fmnist):
 def test_resume_under_torchrun_is_bitwise_exact(tmp_path, tiny_fmnist):
     sets = [*FAST, "deterministic=true", "checkpoint_every_steps=2"]
 
-    def run(out: Path, env: dict | None = None, resume: bool = False, port: int = 29541):
+    def run(out: Path, kill_at_step: int | None = None, resume: bool = False, port: int = 29541):
+        runner = ["-m", "effv2"] if kill_at_step is None else [FAULT_RUN, "--kill-at-step", str(kill_at_step)]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               "-m", "effv2", "train"]
+               *runner, "train"]
         if resume:
             cmd += ["--resume", str(out), "--quiet"]
         else:
@@ -302,11 +312,11 @@ def test_resume_under_torchrun_is_bitwise_exact(tmp_path, tiny_fmnist):
             for s in sets:
                 cmd += ["--set", s]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     full = run(tmp_path / "full", port=29542)
     assert full.returncode == 0, full.stderr[-3000:]
-    killed = run(tmp_path / "part", env={"EFFV2_FAULT_KILL_AT_STEP": "5"}, port=29543)
+    killed = run(tmp_path / "part", kill_at_step=5, port=29543)
     assert killed.returncode != 0
     resumed = run(tmp_path / "part", resume=True, port=29544)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -243,22 +243,23 @@ def make_step(model: nn.Module, s: Settings, cfg: BenchConfig, in_chans: int, de
 
     if cfg.mode == "infer" and s.fold_bn:
         model = fold_bn(model, inplace=True)
+    common = dict(batch_size=cfg.batch_size, image_size=cfg.image_size, in_chans=in_chans, amp=s.amp,
+                  channels_last=s.channels_last, device=dev)
+    if cfg.mode == "train":  # the trainer's own step; its runtime compiles the forward when asked
+        return build_train_step(model, num_classes=cfg.num_classes, optimizer=cfg.optimizer, compile=s.compile,
+                                **common)
     model.to(dev)
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
     if s.compile:
         model = torch.compile(model)
-    common = dict(batch_size=cfg.batch_size, image_size=cfg.image_size, in_chans=in_chans, amp=s.amp,
-                  channels_last=s.channels_last, device=dev)
-    if cfg.mode == "train":
-        return build_train_step(model, num_classes=cfg.num_classes, optimizer=cfg.optimizer, **common)
     return build_infer_step(model, **common)
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Time effv2 (and the references in ``cfg.compare``) and return the JSON-ready report."""
-    from .machine import describe, peak_flops
     from ..models.flops import count_macs
+    from .machine import describe, peak_flops
 
     dev = resolve_device(cfg.device)
     card = get_card(cfg.model)

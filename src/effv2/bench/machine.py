@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from .timing import resolve_device
+from ..runtime import resolve_device
 
 # FLOPs per cycle per core, best first within each precision: (flag, flops, reason).
 _CPU_RATES: dict[str, tuple[tuple[str, int, str], ...]] = {

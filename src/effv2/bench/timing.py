@@ -1,4 +1,4 @@
-"""Step timing: one training step (forward, loss, backward, optimizer step) or one inference batch.
+"""Step timing: one training step (the trainer's own TrainStep) or one inference batch.
 
 The pattern follows timm's benchmark.py: a fixed random batch made once on the device, a few
 warm-up steps (lazy init, cuDNN/oneDNN autotuning, torch.compile all happen there), then timed
@@ -6,7 +6,10 @@ steps, each synchronised on CUDA so the clock covers the whole step. The median 
 because shared machines produce long-tailed step times.
 
 Steps are built as closures (:func:`build_train_step`, :func:`build_infer_step`) so that
-:mod:`effv2.bench.compare` can interleave two models step for step in one process.
+:mod:`effv2.bench.compare` can interleave two models step for step in one process. The training
+step is built by :mod:`effv2.training.build` from a recipe, exactly as a run builds it (task,
+optimizer, GradScaler, clipping, finiteness check, EMA): what is timed is what training runs, for
+any task a recipe names, for effv2's models and for timm's or torchvision's alike.
 
 Note: the timing functions *modify the model they are given*: it is moved to the device, to
 channels-last when asked, put in train/eval mode, and in train mode its weights are updated.
@@ -14,49 +17,25 @@ channels-last when asked, put in train/eval mode, and in train mode its weights 
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from ..runtime import AMP_MODES, Runtime, autocast, resolve_device, synchronize
 
-AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "rmsprop")
+# The optimizers a timed step can use: the recipe's names (effv2.training.optim); "rmsprop" is kept
+# as a name for the paper's optimizer, TF's RMSProp ("rmsprop_tf").
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "rmsprop_tf", "rmsprop")
 
 Step = Callable[[], None]  # runs one full step and returns when the device is done with it
 
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch.device; "auto" means cuda when available, else cpu."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"device: {device!r} is not a torch device ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device: cuda was asked for but torch.cuda.is_available() is False")
-    return dev
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """Autocast context for ``amp`` in AMP_MODES ("none" gives a no-op context)."""
-    if amp not in AMP_MODES:
-        raise UsageError(f"amp: {amp!r} is not one of {', '.join(AMP_MODES)}")
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+__all__ = ["AMP_MODES", "OPTIMIZERS", "Step", "autocast", "build_infer_step", "build_train_step", "measure",
+           "resolve_device", "run_timed", "summarize", "synchronize", "time_infer", "time_train_step"]
 
 
 def check_sizes(batch_size: int, image_size: int, in_chans: int, steps: int, warmup: int) -> None:
@@ -64,13 +43,6 @@ def check_sizes(batch_size: int, image_size: int, in_chans: int, steps: int, war
                              ("in_chans", in_chans, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise UsageError(f"{name}: expected an integer >= {low}, got {value!r}")
-
-
-def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
 
 
 def _batch(batch_size: int, in_chans: int, image_size: int, device: torch.device,
@@ -91,43 +63,41 @@ def _num_classes(model: nn.Module, num_classes: int | None) -> int:
     return int(n)
 
 
-def make_optimizer(name: str, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer whose step is timed. Hyperparameters do not change the cost, only the kind does."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-5)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
-    if name == "rmsprop":  # the paper's optimizer (timm's RMSpropTF has the same cost)
-        return torch.optim.RMSprop(params, lr=1e-3, alpha=0.9, eps=1e-3, momentum=0.9, weight_decay=1e-5)
-    raise UsageError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZERS)}")
+def _recipe(recipe: Any, optimizer: str) -> Any:
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"optimizer: {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if recipe is not None:
+        return recipe
+    from ..config import Recipe
+
+    return Recipe(optimizer="rmsprop_tf" if optimizer == "rmsprop" else optimizer)
 
 
 def build_train_step(model: nn.Module, *, batch_size: int, image_size: int, in_chans: int = 3,
                      num_classes: int | None = None, amp: str = "none", channels_last: bool = False,
-                     optimizer: str = "sgd", device: str | torch.device = "cpu") -> Step:
-    """A closure running one training step: zero_grad, forward + cross-entropy (under autocast),
-    backward, optimizer step (through a GradScaler for fp16, as real fp16 training does)."""
+                     optimizer: str = "sgd", device: str | torch.device = "cpu", compile: bool = False,
+                     recipe: Any = None) -> Step:
+    """A closure running one training step of ``model`` as the trainer runs it: the recipe's task
+    (default ``classify``: forward + cross-entropy under autocast), backward through a GradScaler
+    for fp16, clipping, the finiteness check, the optimizer step and the EMA update. ``recipe``
+    (default: ``Recipe(optimizer=optimizer)``) says which task, optimizer, EMA and clipping."""
+    from ..data.loader import Batch
+    from ..training.build import build_parts, train_step
+
     check_sizes(batch_size, image_size, in_chans, 1, 0)
     dev = resolve_device(device)
     autocast(amp, dev)  # validates amp
+    rec = _recipe(recipe, optimizer)
     n_cls = _num_classes(model, num_classes)
-    model = _prepare(model, dev, channels_last).train()
-    opt = make_optimizer(optimizer, model.parameters())
-    scaler = torch.amp.GradScaler(dev.type) if amp == "fp16" else None
+    runtime = Runtime(device=dev, amp=amp, channels_last=channels_last, compile=compile)
+    parts = build_parts(rec, model.train(), runtime)
+    run_step = train_step(parts, runtime, rec)
     x = _batch(batch_size, in_chans, image_size, dev, channels_last)
-    y = torch.randint(0, n_cls, (batch_size,), device=dev)
+    batches = {"labelled": Batch(x, torch.randint(0, n_cls, (batch_size,), device=dev))}
+    lr = run_step.optimizer.param_groups[0]["lr"]
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with autocast(amp, dev):
-            loss = F.cross_entropy(model(x), y)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        run_step(batches, 0, lr=lr)
         synchronize(dev)
 
     return step
@@ -140,7 +110,7 @@ def build_infer_step(model: nn.Module, *, batch_size: int, image_size: int, in_c
     check_sizes(batch_size, image_size, in_chans, 1, 0)
     dev = resolve_device(device)
     autocast(amp, dev)
-    model = _prepare(model, dev, channels_last).eval()
+    model = Runtime(device=dev, channels_last=channels_last).place(model).eval()
     x = _batch(batch_size, in_chans, image_size, dev, channels_last)
 
     def step() -> None:
@@ -176,7 +146,7 @@ def measure(step: Step, *, batch_size: int, steps: int = 10, warmup: int = 3) ->
 def time_train_step(model: nn.Module, *, batch_size: int, image_size: int, in_chans: int = 3,
                     num_classes: int | None = None, steps: int = 10, warmup: int = 3, amp: str = "none",
                     channels_last: bool = False, optimizer: str = "sgd",
-                    device: str | torch.device = "cpu") -> dict[str, Any]:
+                    device: str | torch.device = "cpu", recipe: Any = None) -> dict[str, Any]:
     """Median seconds per training step (forward, loss, backward, optimizer step).
 
     Returns ``{"step_s", "img_per_s", "steps", "all_step_s", "warmup_s", "batch_size"}``.
@@ -185,7 +155,7 @@ def time_train_step(model: nn.Module, *, batch_size: int, image_size: int, in_ch
     check_sizes(batch_size, image_size, in_chans, steps, warmup)
     step = build_train_step(model, batch_size=batch_size, image_size=image_size, in_chans=in_chans,
                             num_classes=num_classes, amp=amp, channels_last=channels_last,
-                            optimizer=optimizer, device=device)
+                            optimizer=optimizer, device=device, recipe=recipe)
     return measure(step, batch_size=batch_size, steps=steps, warmup=warmup)
 
 

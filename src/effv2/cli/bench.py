@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--in-chans", type=int, help="input channels (default: the model card's)")
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--optimizer", choices=("sgd", "adamw", "rmsprop"), default="sgd", help="train mode (default sgd)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw", "rmsprop_tf", "rmsprop"), default="sgd", help="train mode (default sgd)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     return p

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-import torch.nn.functional as F
-
 from ..errors import UsageError
 from .train import add_data_args
 
@@ -19,35 +16,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--size", type=int, help="evaluation image size (default: the one recorded with the model)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when available)")
     p.add_argument("--json", action="store_true")
     add_data_args(p)
     return p
 
 
-@torch.no_grad()
-def evaluate_imageset(model, imageset, *, size, mean, std, batch_size=256, device="cpu") -> dict:
-    from ..data.loader import eval_batches
-
-    correct1 = correct5 = n = 0
-    loss = 0.0
-    model.eval()
-    for batch in eval_batches(imageset, batch_size=batch_size, image_size=size, device=device, mean=mean, std=std):
-        if batch.y.shape[0] == 0:  # every file of this batch was unreadable (dropped in eval)
-            continue
-        logits = model(batch.x).float()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hit = top.eq(batch.y[:, None])
-        correct1 += int(hit[:, 0].sum())
-        correct5 += int(hit.any(1).sum())
-        loss += float(F.cross_entropy(logits, batch.y, reduction="sum"))
-        n += batch.y.shape[0]
-    if n == 0:
-        raise UsageError("the split has no images to evaluate")
-    return {"top1": 100 * correct1 / n, "top5": 100 * correct5 / n, "loss": loss / n, "n": n}
-
-
 def run(args: argparse.Namespace) -> int:
     from ..data.sources import load_source
+    from ..runtime import resolve_runtime
+    from ..training.evaluate import evaluate
     from ..training.inference import load_for_inference
 
     loaded = load_for_inference(args.checkpoint)
@@ -57,9 +35,14 @@ def run(args: argparse.Namespace) -> int:
     if len(bundle.classes) != len(loaded.classes):
         raise UsageError(f"{args.data} has {len(bundle.classes)} classes but the model was trained on "
                          f"{len(loaded.classes)}")
-    res = evaluate_imageset(loaded.model, imageset, size=args.size or loaded.eval_size, mean=loaded.mean,
-                            std=loaded.std, batch_size=args.batch_size)
-    res.update(split=args.split, checkpoint=str(loaded.path), weights=loaded.used)
+    runtime = resolve_runtime(args.device, batch_size=args.batch_size)
+    model = runtime.place(loaded.model)
+    res = evaluate(model, imageset, runtime=runtime, image_size=args.size or loaded.eval_size, mean=loaded.mean,
+                   std=loaded.std, batch_size=args.batch_size)
+    if res["n"] == 0:
+        raise UsageError(f"{args.data}: the {args.split} split has no readable images to evaluate")
+    res.update(split=args.split, checkpoint=str(loaded.path), weights=loaded.used, device=str(runtime.device),
+               amp=runtime.amp)
     if args.json:
         print(json.dumps(res))
     else:

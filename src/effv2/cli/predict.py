@@ -13,19 +13,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when available)")
     p.add_argument("--json", action="store_true")
     return p
 
 
 @torch.no_grad()
 def run(args: argparse.Namespace) -> int:
+    from ..runtime import resolve_runtime
     from ..training.inference import fast_inference_model, load_for_inference, preprocess_image
 
     loaded = load_for_inference(args.checkpoint)
     x = torch.stack([preprocess_image(p, loaded) for p in args.images])  # (N, C, S, S)
-    model, amp = fast_inference_model(loaded.model, batch_size=x.shape[0])
-    with amp:
-        probs = model(x.contiguous(memory_format=torch.channels_last)).float().softmax(dim=1)
+    runtime = resolve_runtime(args.device, batch_size=x.shape[0])
+    model = fast_inference_model(loaded.model, runtime)
+    with runtime.autocast():
+        probs = model(runtime.input(x.to(runtime.device))).float().softmax(dim=1).cpu()
     k = max(1, min(args.top_k, probs.shape[1]))
     top = probs.topk(k, dim=1)
     out = []

@@ -93,26 +93,6 @@ def _check_common(
         raise UsageError(f"rank {rank} is not in 0..{world_size - 1}")
 
 
-@contextlib.contextmanager
-def _one_cpu_thread(dev: torch.device) -> Iterator[None]:
-    """Run CPU batch work (augmentation on ``dev``, or decoding) with one intra-op thread, then restore it.
-
-    The ops are small (RandAugment works on chunks of 8 images); with 2 threads on a busy 2-core
-    machine every parallel region waits for the OS to schedule its second thread, measured here at
-    17.6 ms instead of 0.09 ms for one rotate of 8 images at 28 px. Restored before each yield, so
-    the model itself keeps every thread.
-    """
-    threads = torch.get_num_threads()
-    if dev.type != "cpu" or threads == 1:  # on an accelerator the ops run there
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _finish(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, channels_last: bool) -> torch.Tensor:
     x = x.float().mul_(scale).sub_(shift)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -179,20 +159,19 @@ def train_batches(
         kind = "pad_crop" if crop == "auto" else crop
 
         def one(b: int, idx: torch.Tensor) -> Batch:
-            with _one_cpu_thread(dev):
-                x = imageset.images[idx.to(imageset.images.device)].to(dev, non_blocking=True)  # uint8 (B, C, H, W)
-                y = imageset.labels[idx.to(imageset.labels.device)].to(dev, non_blocking=True)
-                gen = generator(derive_seed(seed, epoch, b, rank, "crop"))
-                if kind == "pad_crop":
-                    x = pad_crop_flip(x, gen, pad=x.shape[-1] // 8, hflip=hflip)
-                    x = x if x.shape[-2:] == (image_size, image_size) else resize_batch(x, image_size)
-                elif kind == "random_resized":
-                    x = random_resized_crop_flip(x, gen, size=image_size, hflip=hflip)
-                else:
-                    x = pad_crop_flip(x, gen, pad=0, hflip=hflip)
-                    x = x if x.shape[-2:] == (image_size, image_size) else resize_batch(x, image_size)
-                x, y = mixed(x, y, b, uint8_ops=True)
-                return Batch(_finish(x, scale, shift, channels_last), y, [], idx)
+            x = imageset.images[idx.to(imageset.images.device)].to(dev, non_blocking=True)  # uint8 (B, C, H, W)
+            y = imageset.labels[idx.to(imageset.labels.device)].to(dev, non_blocking=True)
+            gen = generator(derive_seed(seed, epoch, b, rank, "crop"))
+            if kind == "pad_crop":
+                x = pad_crop_flip(x, gen, pad=x.shape[-1] // 8, hflip=hflip)
+                x = x if x.shape[-2:] == (image_size, image_size) else resize_batch(x, image_size)
+            elif kind == "random_resized":
+                x = random_resized_crop_flip(x, gen, size=image_size, hflip=hflip)
+            else:
+                x = pad_crop_flip(x, gen, pad=0, hflip=hflip)
+                x = x if x.shape[-2:] == (image_size, image_size) else resize_batch(x, image_size)
+            x, y = mixed(x, y, b, uint8_ops=True)
+            return Batch(_finish(x, scale, shift, channels_last), y, [], idx)
 
         return (one(b, idx) for b, idx in plan.batches())
 
@@ -204,12 +183,10 @@ def train_batches(
     def file_batches() -> Iterator[Batch]:
         batches = iter(loader)
         for b in range(start_batch, steps):
-            with _one_cpu_thread(torch.device("cpu")):  # num_workers 0 decodes and transforms right here
-                x, y, bad, index = next(batches)
-            with _one_cpu_thread(dev):
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                x, y = mixed(x, y, b, uint8_ops=False)  # RandAugment already ran per sample in the worker
-                x = _finish(x, scale, shift, channels_last)
+            x, y, bad, index = next(batches)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            x, y = mixed(x, y, b, uint8_ops=False)  # RandAugment already ran per sample in the worker
+            x = _finish(x, scale, shift, channels_last)
             yield Batch(x, y, bad, index)
 
     return file_batches()
@@ -355,15 +332,14 @@ def eval_batches(
     if isinstance(imageset, TensorImageSet):
 
         def one(r: range) -> Batch:
-            with _one_cpu_thread(dev):
-                x = imageset.images[r.start : r.stop].to(dev, non_blocking=True)
-                y = imageset.labels[r.start : r.stop].to(dev, non_blocking=True)
-                return Batch(
-                    _finish(resize_batch(x, image_size), scale, shift, channels_last),
-                    y,
-                    [],
-                    torch.arange(r.start, r.stop),
-                )
+            x = imageset.images[r.start : r.stop].to(dev, non_blocking=True)
+            y = imageset.labels[r.start : r.stop].to(dev, non_blocking=True)
+            return Batch(
+                _finish(resize_batch(x, image_size), scale, shift, channels_last),
+                y,
+                [],
+                torch.arange(r.start, r.stop),
+            )
 
         return (one(r) for r in chunks)
 
@@ -373,8 +349,7 @@ def eval_batches(
     def file_batches() -> Iterator[Batch]:
         batches = iter(loader)
         for _ in chunks:
-            with _one_cpu_thread(torch.device("cpu")):
-                x, y, bad, index = next(batches)
+            x, y, bad, index = next(batches)
             yield Batch(
                 _finish(x.to(dev, non_blocking=True), scale, shift, channels_last),
                 y.to(dev, non_blocking=True),

@@ -7,7 +7,9 @@ never a partial one, whatever moment the process is killed at.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,3 +62,32 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
+
+
+def keep_previous_copy(target: Path, prev: Path) -> None:
+    """Make ``prev`` (e.g. last.prev.safetensors) a complete copy of ``target`` (last.safetensors).
+
+    A hard link (no data copied) put in place by an atomic rename, so at every moment both names
+    hold a complete file; where links are not supported the file is copied (also atomically).
+    """
+    if prev.exists() and os.path.samefile(prev, target):
+        return  # already linked (a failed save before this one); rename() between links is a no-op
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{prev.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    os.unlink(tmp_name)
+    try:
+        os.link(target, tmp_name)
+        os.replace(tmp_name, prev)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        with atomic_path(prev) as tmp:
+            shutil.copyfile(target, tmp)
+
+
+def remove_stale_temps(target: Path, prev: Path) -> None:
+    """Temporary files of saves that were killed (never completed, never read)."""
+    for name in (target.name, prev.name):
+        for stale in target.parent.glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()

@@ -2,16 +2,25 @@
 
 Layout of a checkpoint file (tensor names / metadata keys; every metadata value is a JSON string):
 
-    model/<key>                      the model's state_dict, wrapper prefixes removed
-    ema/<key>                        the EMA model's state_dict (optional), same normalisation
-    wrapper/{model,ema}/<key>        a wrapper's own state, e.g. AveragedModel's ``n_averaged``
-    optim/state/<param_index>/<name> optimizer state tensors (momentum buffers, exp_avg, step, ...)
-    optim/param_groups/<g>/<key>     tensors inside param_groups (e.g. a tensor lr), rarely present
+A checkpoint holds named *parts*, each an object with ``state_dict()`` / ``load_state_dict()``:
+``save_checkpoint(path, {"model": model, "ema": ema, "optim": optimizer, "scaler": scaler,
+"task": task}, state=...)``. How a part is stored follows from what it is, so a new part (a
+teacher, a technique's own tensors) needs no new argument and no new code here:
+
+    <part>/<key>                     an nn.Module's state_dict, wrapper prefixes removed ("model", "ema", "task")
+    wrapper/<part>/<key>             a wrapper's own state, e.g. AveragedModel's ``n_averaged``
+    <part>/state/<param_index>/<name> an optimizer's state tensors (momentum buffers, exp_avg, step, ...)
+    <part>/param_groups/<g>/<key>    tensors inside an optimizer's param_groups (e.g. a tensor lr), rarely present
+    <part>/<path>                    tensors inside any other part's state_dict (e.g. a GradScaler's, if any)
     rng/<name>                       torch CPU/CUDA generator states, numpy's MT19937 keys
-    extra/<name>                     tensors the trainer adds
-    metadata: format, format_version, state, recipe, optim_class, optim_state, optim_param_groups,
-              optim_param_dtypes, rng, card, spec, num_classes, in_chans, effv2_version,
-              torch_version, checksums
+    extra/<name>                     loose tensors a caller adds
+    metadata: format, format_version, parts ({name: "module" | "optimizer" | "state"}), state, recipe,
+              <part>_class / <part>_state / <part>_param_groups / <part>_param_dtypes (optimizers),
+              <part>_state (other parts), rng, card, spec, num_classes, in_chans (of the "model"
+              part), effv2_version, torch_version, checksums
+
+Format version 1 (before parts) wrote exactly the "model", "ema" and "optim" parts this way and no
+"parts" key; it loads unchanged, its missing parts (a GradScaler, a task's state) named clearly.
 
 Why one file: a single atomic rename (effv2.io.atomic) makes the whole checkpoint appear at
 once, so a kill at any moment leaves either the previous complete file or the new complete one.
@@ -22,15 +31,13 @@ tuples and non-string dict keys tagged so they come back exactly as they went in
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,12 +48,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import UsageError
-from .atomic import atomic_path
+from .atomic import atomic_path, keep_previous_copy, remove_stale_temps
 from .rng import capture_rng, restore_rng
+from .stateful import decode, encode, load_wrapper_state, unwrap, wrapper_state
 from .weights import check_compatible
 
 FORMAT = "effv2-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WHICH = ("last", "best")
 
 __all__ = ["Checkpoint", "CheckpointVersionWarning", "CheckpointWriteError", "checkpoint_path",
@@ -64,7 +72,7 @@ class CheckpointVersionWarning(UserWarning):
 @dataclass
 class Checkpoint:
     """What :func:`load_checkpoint` read. ``model_state`` / ``ema_state`` are kept only when no
-    model / EMA was given to load them into (e.g. to evaluate or export a checkpoint)."""
+    "model" / "ema" part was given to load them into (e.g. to evaluate or export a checkpoint)."""
 
     path: Path
     state: dict[str, Any]
@@ -108,101 +116,6 @@ def find_checkpoint(run_dir_or_file: str | Path, which: Literal["last", "best"] 
     raise UsageError(f"{p}: no {which!r} checkpoint (looked for {candidates[0]}){hint}")
 
 
-# -- non-tensor values as tagged JSON ---------------------------------------------------------------
-# JSON has no tuples, no non-string keys and no tensors. Tagged one-key objects carry them; a plain
-# dict that could be mistaken for a tag is itself written in the tagged "__dict__" form.
-_TAGS = ("__tuple__", "__dict__", "__tensor__")
-
-
-def _encode(obj: Any, where: str, tensors: dict[str, torch.Tensor] | None) -> Any:
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, torch.Tensor):
-        if tensors is None:
-            raise UsageError(f"checkpoint: {where} is a tensor; pass tensors through extra=")
-        if where in tensors:
-            raise UsageError(f"checkpoint: two values would be stored under the name {where!r}")
-        tensors[where] = obj
-        return {"__tensor__": where}
-    if isinstance(obj, list):
-        return [_encode(v, f"{where}/{i}", tensors) for i, v in enumerate(obj)]
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, f"{where}/{i}", tensors) for i, v in enumerate(obj)]}
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) for k in obj) and not (len(obj) == 1 and next(iter(obj)) in _TAGS):
-            return {k: _encode(v, f"{where}/{k}", tensors) for k, v in obj.items()}
-        return {"__dict__": [[_encode(k, f"{where}/<key>", None), _encode(v, f"{where}/{k}", tensors)]
-                             for k, v in obj.items()]}
-    if hasattr(obj, "item") and type(obj).__module__ == "numpy":  # numpy scalar -> python number
-        return obj.item()
-    raise UsageError(f"checkpoint: {where} is of type {type(obj).__name__}, which cannot be stored "
-                     f"without pickle; use JSON-able values (numbers, strings, lists, tuples, dicts)")
-
-
-def _decode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, tensors, where) for v in obj]
-    if isinstance(obj, dict):
-        if len(obj) == 1 and next(iter(obj)) in _TAGS:
-            tag, val = next(iter(obj.items()))
-            if tag == "__tuple__":
-                return tuple(_decode(v, tensors, where) for v in val)
-            if tag == "__dict__":
-                return {_decode(k, tensors, where): _decode(v, tensors, where) for k, v in val}
-            if val not in tensors:
-                raise UsageError(f"{where}: not a complete checkpoint (tensor {val!r} is missing)")
-            return tensors[val]
-        return {k: _decode(v, tensors, where) for k, v in obj.items()}
-    return obj
-
-
-# -- wrapped models ---------------------------------------------------------------------------------
-def _unwrap(m: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
-    """The plain model inside torch.compile / DDP / DataParallel / AveragedModel / EMA wrappers.
-
-    Returns ``(inner, wrappers)``. A module counts as a wrapper when it has a ``module`` child and
-    every other child is stateless (DDP, AveragedModel, timm-style EMA); torch.compile's wrapper
-    has ``_orig_mod``. Keys are then those of ``inner``, so any wrapping loads into any other.
-    """
-    wrappers: list[nn.Module] = []
-    while True:
-        orig = getattr(m, "_orig_mod", None)
-        if isinstance(orig, nn.Module):
-            wrappers.append(m)
-            m = orig
-            continue
-        inner = getattr(m, "module", None)
-        if isinstance(inner, nn.Module) and all(
-                next(c.parameters(), None) is None and next(c.buffers(), None) is None
-                for name, c in m.named_children() if name != "module"):
-            wrappers.append(m)
-            m = inner
-            continue
-        return m, wrappers
-
-
-def _wrapper_state(wrappers: list[nn.Module]) -> dict[str, torch.Tensor]:
-    """A wrapper's own parameters and buffers (AveragedModel: ``n_averaged``)."""
-    out: dict[str, torch.Tensor] = {}
-    for w in wrappers:
-        for k, v in w.state_dict().items():
-            if "." not in k:
-                out[k] = v
-    return out
-
-
-def _load_wrapper_state(wrappers: list[nn.Module], saved: dict[str, torch.Tensor]) -> None:
-    for w in wrappers:
-        own = {k: v for k, v in w.state_dict().items() if "." not in k}
-        for k, v in own.items():
-            if k in saved:
-                v.copy_(saved[k])
-            elif k == "n_averaged" and int(v) == 0:
-                # Weights saved without AveragedModel: count them as one average, or the next
-                # update_parameters() would overwrite them with a copy of the model.
-                v.fill_(1)
-
-
 # -- save -------------------------------------------------------------------------------------------
 def _versions() -> dict[str, str]:
     from .. import __version__
@@ -244,41 +157,49 @@ def _os_reason(exc: BaseException) -> str:
     return os.strerror(int(m.group(1))) if m else str(exc)
 
 
-def _keep_previous(target: Path) -> None:
-    """Make ``last.prev.safetensors`` a complete copy of the current ``last.safetensors``.
-
-    A hard link (no data copied) put in place by an atomic rename, so at every moment both names
-    hold a complete file; where links are not supported the file is copied (also atomically).
-    """
-    prev = previous_path(target)
-    if prev.exists() and os.path.samefile(prev, target):
-        return  # already linked (a failed save before this one); rename() between links is a no-op
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{prev.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    os.unlink(tmp_name)
-    try:
-        os.link(target, tmp_name)
-        os.replace(tmp_name, prev)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        with atomic_path(prev) as tmp:
-            shutil.copyfile(target, tmp)
+def _kind(part: Any) -> str:
+    if isinstance(part, nn.Module):
+        return "module"
+    if isinstance(part, torch.optim.Optimizer):
+        return "optimizer"
+    if callable(getattr(part, "state_dict", None)) and callable(getattr(part, "load_state_dict", None)):
+        return "state"
+    raise UsageError(f"checkpoint: a part must have state_dict() and load_state_dict(), got {type(part).__name__}")
 
 
-def _remove_stale_temps(target: Path) -> None:
-    """Temporary files of saves that were killed (never completed, never read)."""
-    for name in (target.name, previous_path(target).name):
-        for stale in target.parent.glob(f".{glob.escape(name)}.*.tmp"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+def _check_part_name(name: Any) -> None:
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in ("rng", "extra", "wrapper"):
+        raise UsageError(f"checkpoint: part name {name!r} must be lower_snake_case and not rng, extra or wrapper")
 
 
-def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    ema: nn.Module | None = None, state: dict[str, Any], recipe: dict[str, Any] | None = None,
-                    extra: dict[str, torch.Tensor] | None = None, rng: bool = True,
-                    keep_previous: bool = True) -> None:
-    """Write a training checkpoint to ``path`` atomically (see the module docstring for the layout).
+def _save_part(name: str, part: Any, kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    if kind == "module":
+        inner, wrappers = unwrap(part)
+        if name == "model":
+            meta.update(_model_meta(inner))
+        for k, v in inner.state_dict().items():
+            if not isinstance(v, torch.Tensor):
+                raise UsageError(f"checkpoint: {name} state {k!r} is a {type(v).__name__}, not a tensor")
+            tensors[f"{name}/{k}"] = v
+        for k, v in wrapper_state(wrappers).items():
+            tensors[f"wrapper/{name}/{k}"] = v
+    elif kind == "optimizer":
+        sd = part.state_dict()
+        meta[f"{name}_class"] = type(part).__name__
+        meta[f"{name}_state"] = encode(sd["state"], f"{name}/state", tensors)
+        meta[f"{name}_param_groups"] = encode(sd["param_groups"], f"{name}/param_groups", tensors)
+        # state_dict numbers parameters in param_groups order; their dtypes tell load_checkpoint
+        # whether the setup is unchanged (then state dtypes are kept exactly, see _keep_state_dtypes).
+        meta[f"{name}_param_dtypes"] = [str(p.dtype) for g in part.param_groups for p in g["params"]]
+    else:
+        meta[f"{name}_state"] = encode(part.state_dict(), name, tensors)
+
+
+def save_checkpoint(path: str | Path, parts: Mapping[str, Any], *, state: dict[str, Any],
+                    recipe: dict[str, Any] | None = None, extra: dict[str, torch.Tensor] | None = None,
+                    rng: bool = True, keep_previous: bool = True) -> None:
+    """Write a training checkpoint of ``parts`` (name -> object; None values are left out) to
+    ``path`` atomically (see the module docstring for the layout).
 
     ``state`` and ``recipe`` must be JSON-able (tuples and non-string keys are kept exactly).
     ``keep_previous``: the file being replaced stays available as ``<stem>.prev.safetensors``.
@@ -288,6 +209,8 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"{target}: is a folder, expected a checkpoint file path")
+    if not isinstance(parts, Mapping):
+        raise UsageError(f"checkpoint: parts must map names to objects, got {type(parts).__name__}")
     if not isinstance(state, dict):
         raise UsageError(f"checkpoint: state must be a dict, got {type(state).__name__}")
     if recipe is not None and not isinstance(recipe, dict):
@@ -296,26 +219,13 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     # Everything that can fail on bad input is done before any file is touched.
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, **_versions()}
-    inner, wrappers = _unwrap(model)
-    meta.update(_model_meta(inner))
-    sections = [("model", inner, wrappers)]
-    if ema is not None:
-        sections.append(("ema", *_unwrap(ema)))
-    for name, module, wraps in sections:
-        for k, v in module.state_dict().items():
-            if not isinstance(v, torch.Tensor):
-                raise UsageError(f"checkpoint: {name} state {k!r} is a {type(v).__name__}, not a tensor")
-            tensors[f"{name}/{k}"] = v
-        for k, v in _wrapper_state(wraps).items():
-            tensors[f"wrapper/{name}/{k}"] = v
-    if optimizer is not None:
-        sd = optimizer.state_dict()
-        meta["optim_class"] = type(optimizer).__name__
-        meta["optim_state"] = _encode(sd["state"], "optim/state", tensors)
-        meta["optim_param_groups"] = _encode(sd["param_groups"], "optim/param_groups", tensors)
-        # state_dict numbers parameters in param_groups order; their dtypes tell load_checkpoint
-        # whether the setup is unchanged (then state dtypes are kept exactly, see _keep_state_dtypes).
-        meta["optim_param_dtypes"] = [str(p.dtype) for g in optimizer.param_groups for p in g["params"]]
+    kinds: dict[str, str] = {}
+    for name, part in parts.items():
+        _check_part_name(name)
+        if part is not None:
+            kinds[name] = _kind(part)
+            _save_part(name, part, kinds[name], tensors, meta)
+    meta["parts"] = kinds
     if rng:
         rng_json, rng_tensors = capture_rng()
         meta["rng"] = rng_json
@@ -324,8 +234,8 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             raise UsageError(f"checkpoint: extra must map names to tensors; {k!r} is a {type(v).__name__}")
         tensors[f"extra/{k}"] = v
-    meta["state"] = _encode(state, "state", None)
-    meta["recipe"] = None if recipe is None else _encode(recipe, "recipe", None)
+    meta["state"] = encode(state, "state", None)
+    meta["recipe"] = None if recipe is None else encode(recipe, "recipe", None)
 
     tensors = _prepare(tensors)
     meta["checksums"] = {k: _crc(t) for k, t in tensors.items()}
@@ -335,7 +245,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if keep_previous and target.is_file():
-            _keep_previous(target)
+            keep_previous_copy(target, previous_path(target))
         need = sum(t.nbytes for t in tensors.values()) + sum(len(k) + len(v) for k, v in str_meta.items())
         free = shutil.disk_usage(target.parent).free
         if free < need:
@@ -346,7 +256,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
             save_file(tensors, str(tmp), metadata=str_meta)
     except (OSError, SafetensorError) as exc:
         raise CheckpointWriteError(f"could not write checkpoint {target}: {_os_reason(exc)}; {previous}") from exc
-    _remove_stale_temps(target)
+    remove_stale_temps(target, previous_path(target))
 
 
 # -- load -------------------------------------------------------------------------------------------
@@ -405,9 +315,10 @@ def _check_versions(path: Path, meta: dict[str, Any], strict: bool) -> None:
     warnings.warn(msg, CheckpointVersionWarning, stacklevel=3)
 
 
-def _check_optimizer(path: Path, meta: dict[str, Any], sd: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
-    if meta.get("optim_class") != type(optimizer).__name__:
-        raise UsageError(f"{path}: optimizer mismatch: file has {meta.get('optim_class')} state, "
+def _check_optimizer(path: Path, name: str, meta: dict[str, Any], sd: dict[str, Any],
+                     optimizer: torch.optim.Optimizer) -> None:
+    if meta.get(f"{name}_class") != type(optimizer).__name__:
+        raise UsageError(f"{path}: optimizer mismatch: file has {meta.get(f'{name}_class')} state, "
                          f"the optimizer is {type(optimizer).__name__}")
     saved = [len(g["params"]) for g in sd["param_groups"]]
     own = [len(g["params"]) for g in optimizer.param_groups]
@@ -444,61 +355,104 @@ def _keep_state_dtypes(optimizer: torch.optim.Optimizer, sd: dict[str, Any], dty
                 st[key] = _with_saved_dtypes(st[key], saved)
 
 
-def load_checkpoint(path: str | Path, *, model: nn.Module | None = None,
-                    optimizer: torch.optim.Optimizer | None = None, ema: nn.Module | None = None,
-                    restore_rng_state: bool = True, strict_versions: bool = False) -> Checkpoint:
-    """Read a checkpoint and load it into whatever is given. Never unpickles.
+def _v1_parts(meta: dict[str, Any]) -> dict[str, str]:
+    """The parts a version-1 checkpoint has (it had no "parts" metadata): model and EMA weights where
+    present, the optimizer when its state was saved."""
+    return {"model": "module", "ema": "module", **({"optim": "optimizer"} if "optim_state" in meta else {})}
 
-    Everything is checked (completeness, checksums, architecture, optimizer shape) before
-    anything is changed, so a refused checkpoint leaves model, EMA, optimizer and RNGs untouched.
-    A different torch or effv2 version warns (:class:`CheckpointVersionWarning`), or with
-    ``strict_versions`` raises :class:`UsageError`.
+
+def _load_states(path: Path, plan: list[tuple[str, Any, str, Any]]) -> None:
+    """Load the parts that can still refuse (anything that is neither a module nor an optimizer, e.g. a
+    GradScaler): all of them or, on a refusal, none (the ones already loaded are put back)."""
+    done: list[tuple[Any, Any]] = []
+    for name, part, kind, loaded in plan:
+        if kind != "state":
+            continue
+        backup = part.state_dict()
+        try:
+            part.load_state_dict(loaded)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            for p, b in reversed(done):
+                p.load_state_dict(b)
+            raise UsageError(f"{path}: {name} state does not load ({type(exc).__name__}: {exc})") from None
+        done.append((part, backup))
+
+
+def _empty(part: Any, kind: str) -> bool:
+    """A part with nothing to restore (a stateless task), which an older file may lack."""
+    return kind == "module" and not unwrap(part)[0].state_dict()
+
+
+def load_checkpoint(path: str | Path, parts: Mapping[str, Any] | None = None, *, restore_rng_state: bool = True,
+                    strict_versions: bool = False, optional: tuple[str, ...] = ()) -> Checkpoint:
+    """Read a checkpoint and load it into ``parts`` (name -> object, as saved; None values are
+    skipped). Never unpickles.
+
+    Everything is checked (completeness, checksums, architecture, optimizer shape, that every part
+    is in the file) before anything is changed, so a refused checkpoint leaves every part and the
+    RNGs untouched. A part the file lacks is an error unless it is named in ``optional`` (then it
+    keeps its fresh state) or has no state at all. A different torch or effv2 version warns
+    (:class:`CheckpointVersionWarning`), or with ``strict_versions`` raises :class:`UsageError`.
     """
     p = Path(path)
     meta, tensors = _read(p)
     _check_versions(p, meta, strict_versions)
     src = str(p)
     try:
-        state = _decode(meta.get("state", {}), {}, src)
-        recipe = _decode(meta.get("recipe"), {}, src)
+        state = decode(meta.get("state", {}), {}, src)
+        recipe = decode(meta.get("recipe"), {}, src)
     except (TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"{p}: metadata 'state' or 'recipe' is malformed ({exc})") from None
     if not isinstance(state, dict) or not isinstance(recipe, (dict, type(None))):
         raise UsageError(f"{p}: metadata 'state' and 'recipe' must be JSON objects")
+    saved_kinds = meta.get("parts", _v1_parts(meta) if meta.get("format_version") == 1 else {})
+    if not isinstance(saved_kinds, dict):
+        raise UsageError(f"{p}: metadata 'parts' is malformed")
 
-    targets: list[tuple[str, nn.Module]] = []
-    model_state, ema_state = _section(tensors, "model"), _section(tensors, "ema")
-    if model is not None:
-        check_compatible(_unwrap(model)[0], model_state, src)
-        targets.append(("model", model))
-    if ema is not None:
-        if not ema_state:
-            raise UsageError(f"{p}: the checkpoint has no EMA weights (saved without ema=)")
-        check_compatible(_unwrap(ema)[0], ema_state, f"{src} (ema)")
-        targets.append(("ema", ema))
-    optim_sd = None
-    if optimizer is not None:
-        if "optim_state" not in meta:
-            raise UsageError(f"{p}: the checkpoint has no optimizer state (saved without optimizer=)")
+    # Check every part against the file; nothing is changed yet.
+    plan: list[tuple[str, Any, str, Any]] = []  # (name, part, kind, what to load)
+    for name, part in (parts or {}).items():
+        if part is None:
+            continue
+        kind = _kind(part)
+        section = _section(tensors, name)
+        present = saved_kinds.get(name) == kind and (kind != "module" or bool(section))
+        what = {"optimizer": "optimizer state", "module": f"{name!r} weights"}.get(kind, f"{name!r} state")
+        if not present:
+            if name in optional or _empty(part, kind):
+                continue
+            raise UsageError(f"{p}: the checkpoint has no {what} (saved without an {name!r} part)")
         try:
-            optim_sd = {"state": _decode(meta["optim_state"], tensors, src),
-                        "param_groups": _decode(meta["optim_param_groups"], tensors, src)}
-            _check_optimizer(p, meta, optim_sd, optimizer)
+            if kind == "module":
+                check_compatible(unwrap(part)[0], section, src if name == "model" else f"{src} ({name})")
+                plan.append((name, part, kind, section))
+            elif kind == "optimizer":
+                sd = {"state": decode(meta[f"{name}_state"], tensors, src),
+                      "param_groups": decode(meta[f"{name}_param_groups"], tensors, src)}
+                _check_optimizer(p, name, meta, sd, part)
+                plan.append((name, part, kind, sd))
+            else:
+                plan.append((name, part, kind, decode(meta[f"{name}_state"], tensors, src)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UsageError(f"{p}: optimizer state is malformed ({type(exc).__name__}: {exc})") from None
+            raise UsageError(f"{p}: {what} is malformed ({type(exc).__name__}: {exc})") from None
 
-    # Applied from the one that can still refuse (restore_rng validates first) to those that cannot.
+    # Applied from the ones that can still refuse (other states, then the RNGs, which restore_rng
+    # validates first) to those that cannot (modules and optimizers, checked above).
+    _load_states(p, plan)
     if restore_rng_state and "rng" in meta:
         restore_rng(meta["rng"], _section(tensors, "rng"))
-    with torch.no_grad():
-        for name, module in targets:
-            inner, wrappers = _unwrap(module)
-            inner.load_state_dict(model_state if name == "model" else ema_state)
-            _load_wrapper_state(wrappers, _section(tensors, f"wrapper/{name}"))
-    if optim_sd is not None:
-        optimizer.load_state_dict(optim_sd)
-        _keep_state_dtypes(optimizer, optim_sd, meta.get("optim_param_dtypes"))
+    for name, part, kind, loaded in plan:
+        if kind == "module":
+            inner, wrappers = unwrap(part)
+            with torch.no_grad():
+                inner.load_state_dict(loaded)
+                load_wrapper_state(wrappers, _section(tensors, f"wrapper/{name}"))
+        elif kind == "optimizer":
+            part.load_state_dict(loaded)
+            _keep_state_dtypes(part, loaded, meta.get(f"{name}_param_dtypes"))
 
+    loaded_names = {name for name, *_ in plan}
+    model_state, ema_state = _section(tensors, "model"), _section(tensors, "ema")
     return Checkpoint(path=p, state=state, recipe=recipe, meta=meta, extra=_section(tensors, "extra"),
-                      model_state=None if model is not None else model_state,
-                      ema_state=None if ema is not None or not ema_state else ema_state)
+                      model_state=None if "model" in loaded_names else model_state,
+                      ema_state=None if "ema" in loaded_names or not ema_state else ema_state)

@@ -2,16 +2,28 @@
 
 Module order inside each block follows the data flow (expand, depthwise, SE, project), which is
 also the order torchvision and timm use; weight conversion relies on it.
+
+Blocks take their norm and activation as factories (``norm_layer(channels)``, ``act_layer()``), so
+technique variants (AdvProp's dual BN, smooth activations for adversarial training) are options of
+one model, not forks: :func:`norm_factory` and :func:`act_factory` map the spec's names to them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
+
+from ..errors import UsageError
+
+NormLayer = Callable[[int], nn.Module]  # channels -> norm module
+ActLayer = Callable[[], nn.Module]
 
 
 def tf_same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -79,31 +91,149 @@ def make_conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int
     return cls(in_ch, out_ch, kernel, stride, padding=kernel // 2, groups=groups, bias=bias)
 
 
+# -- norm layers ------------------------------------------------------------------------------
+
+class DualBatchNorm2d(nn.BatchNorm2d):
+    """AdvProp's BN pair: main BN for clean images, ``aux`` BN for adversarial ones (``use_aux``).
+
+    The main BN is this module itself, so its tensors keep a plain model's keys (``...bn.weight``)
+    and the aux BN's sit beside them (``...bn.aux.weight``): plain weights load into the main path,
+    and the main-BN model AdvProp deploys is the plain model (:func:`drop_aux_bn_state`).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.aux = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
+        self.use_aux = False  # run-time routing, not state: set with set_bn_mode / bn_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.aux(x) if self.use_aux else super().forward(x)
+
+
+NORM_LAYERS: dict[str, type[nn.BatchNorm2d]] = {"bn": nn.BatchNorm2d, "dual_bn": DualBatchNorm2d}
+BN_MODES = ("main", "aux")
+
+
+def norm_factory(norm: str, eps: float, momentum: float) -> NormLayer:
+    """``channels -> norm module`` for a spec's ``norm`` name ("bn" is exactly today's BatchNorm2d)."""
+    if norm not in NORM_LAYERS:
+        raise UsageError(f"norm: {norm!r} is not one of {', '.join(NORM_LAYERS)}")
+    return partial(NORM_LAYERS[norm], eps=eps, momentum=momentum)
+
+
+def _dual_bns(module: nn.Module) -> list[DualBatchNorm2d]:
+    return [m for m in module.modules() if isinstance(m, DualBatchNorm2d)]
+
+
+def set_bn_mode(module: nn.Module, mode: str) -> int:
+    """Route every DualBatchNorm2d in ``module`` through its main or aux BN; returns how many.
+
+    A module-level function so it also reaches models wrapped by DDP, EMA or torch.compile. "aux"
+    on a model without dual BN raises: adversarial batches would silently update the main BN.
+    """
+    if mode not in BN_MODES:
+        raise UsageError(f"bn mode: {mode!r} is not one of {', '.join(BN_MODES)}")
+    bns = _dual_bns(module)
+    if mode == "aux" and not bns:
+        raise UsageError("bn mode 'aux': the model has no DualBatchNorm2d (build it with norm='dual_bn')")
+    for m in bns:
+        m.use_aux = mode == "aux"
+    return len(bns)
+
+
+@contextlib.contextmanager
+def bn_mode(module: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """``with bn_mode(model, "aux"): loss = model(x_adv)`` -- restores each BN's previous mode."""
+    previous = [(m, m.use_aux) for m in _dual_bns(module)]
+    set_bn_mode(module, mode)
+    try:
+        yield module
+    finally:
+        for m, use_aux in previous:
+            m.use_aux = use_aux
+
+
+@torch.no_grad()
+def init_aux_from_main(module: nn.Module) -> int:
+    """Copy each main BN's parameters and running stats into its aux BN (AdvProp fine-tuning from
+    plain weights starts both paths from the pretrained BN); returns how many."""
+    bns = _dual_bns(module)
+    for m in bns:
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            src, dst = getattr(m, name), getattr(m.aux, name)
+            if src is not None and dst is not None:
+                dst.copy_(src)
+    return len(bns)
+
+
+def add_aux_bn_state(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A plain state dict made loadable (strictly) into dual-BN ``model``: each missing aux tensor
+    is a copy of its main BN's. Aux tensors already in ``state`` are kept."""
+    out = dict(state)
+    for prefix, m in model.named_modules():
+        if not isinstance(m, DualBatchNorm2d):
+            continue
+        at = f"{prefix}." if prefix else ""
+        for name in m.aux.state_dict():
+            main, aux = f"{at}{name}", f"{at}aux.{name}"
+            if aux not in out and main in out:
+                out[aux] = out[main].clone()
+    return out
+
+
+def drop_aux_bn_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A dual-BN state dict without its aux BNs: the plain (main-BN) model's state dict."""
+    return {k: v for k, v in state.items() if k.split(".")[-2:-1] != ["aux"]}
+
+
+# -- activations -------------------------------------------------------------------------------
+
+# SiLU is the official choice; the others are the smooth activations of smooth adversarial
+# training (SAT) plus ReLU as its non-smooth baseline. In-place where PyTorch has it, as before.
+ACT_LAYERS: dict[str, ActLayer] = {
+    "silu": partial(nn.SiLU, inplace=True),
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "elu": partial(nn.ELU, inplace=True),
+    "relu": partial(nn.ReLU, inplace=True),
+}
+
+
+def act_factory(act: str) -> ActLayer:
+    if act not in ACT_LAYERS:
+        raise UsageError(f"act: {act!r} is not one of {', '.join(ACT_LAYERS)}")
+    return ACT_LAYERS[act]
+
+
+# -- blocks ------------------------------------------------------------------------------------
+
 class ConvBNAct(nn.Module):
-    """conv -> BN -> SiLU (or no activation for projection convs)."""
+    """conv -> norm -> act (or no activation for projection convs)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
-                 act: bool = True, *, bn_eps: float, bn_momentum: float, padding: str) -> None:
+                 act: bool = True, *, norm_layer: NormLayer, act_layer: ActLayer = ACT_LAYERS["silu"],
+                 padding: str) -> None:
         super().__init__()
         self.conv = make_conv(in_ch, out_ch, kernel, stride, groups, padding=padding)
-        self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum)
-        self.act = nn.SiLU(inplace=True) if act else nn.Identity()
+        self.bn = norm_layer(out_ch)
+        self.act = act_layer() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
 
 
 class SqueezeExcite(nn.Module):
-    """SE with SiLU inside and a sigmoid gate; the reduced width comes from the *block input*."""
+    """SE with the network's activation inside and a sigmoid gate; reduced width from the *block input*."""
 
-    def __init__(self, channels: int, reduced: int) -> None:
+    def __init__(self, channels: int, reduced: int, act_layer: ActLayer = ACT_LAYERS["silu"]) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, reduced, 1, bias=True)
+        self.act = act_layer()  # no parameters: the state dict is unchanged
         self.expand = nn.Conv2d(reduced, channels, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-        s = self.expand(F.silu(self.reduce(s)))
+        s = self.expand(self.act(self.reduce(s)))
         return x * torch.sigmoid(s)
 
 
@@ -129,13 +259,14 @@ class MBConv(_Residual):
     """1x1 expand (skipped when expand == 1) -> kxk depthwise -> SE -> 1x1 project (no act)."""
 
     def __init__(self, in_ch: int, out_ch: int, *, expand: int, kernel: int, stride: int, se: float,
-                 drop_path: float, bn_eps: float, bn_momentum: float, padding: str) -> None:
+                 drop_path: float, norm_layer: NormLayer, act_layer: ActLayer = ACT_LAYERS["silu"],
+                 padding: str) -> None:
         super().__init__()
         mid = in_ch * expand
-        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, padding=padding)
+        bn = dict(norm_layer=norm_layer, act_layer=act_layer, padding=padding)
         self.expand = ConvBNAct(in_ch, mid, 1, **bn) if expand != 1 else nn.Identity()
         self.dw = ConvBNAct(mid, mid, kernel, stride, groups=mid, **bn)
-        self.se = SqueezeExcite(mid, _se_width(in_ch, se)) if se > 0 else nn.Identity()
+        self.se = SqueezeExcite(mid, _se_width(in_ch, se), act_layer) if se > 0 else nn.Identity()
         self.project = ConvBNAct(mid, out_ch, 1, act=False, **bn)
         self._init_skip(in_ch, out_ch, stride, drop_path)
 
@@ -144,20 +275,21 @@ class MBConv(_Residual):
 
 
 class FusedMBConv(_Residual):
-    """kxk conv (in -> in*e) -> [SE] -> 1x1 project; with e == 1 a single kxk conv + BN + SiLU."""
+    """kxk conv (in -> in*e) -> [SE] -> 1x1 project; with e == 1 a single kxk conv + BN + act."""
 
     def __init__(self, in_ch: int, out_ch: int, *, expand: int, kernel: int, stride: int, se: float,
-                 drop_path: float, bn_eps: float, bn_momentum: float, padding: str) -> None:
+                 drop_path: float, norm_layer: NormLayer, act_layer: ActLayer = ACT_LAYERS["silu"],
+                 padding: str) -> None:
         super().__init__()
-        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, padding=padding)
+        bn = dict(norm_layer=norm_layer, act_layer=act_layer, padding=padding)
         if expand == 1:
             self.expand = ConvBNAct(in_ch, out_ch, kernel, stride, **bn)
-            self.se = SqueezeExcite(out_ch, _se_width(in_ch, se)) if se > 0 else nn.Identity()
+            self.se = SqueezeExcite(out_ch, _se_width(in_ch, se), act_layer) if se > 0 else nn.Identity()
             self.project = nn.Identity()
         else:
             mid = in_ch * expand
             self.expand = ConvBNAct(in_ch, mid, kernel, stride, **bn)
-            self.se = SqueezeExcite(mid, _se_width(in_ch, se)) if se > 0 else nn.Identity()
+            self.se = SqueezeExcite(mid, _se_width(in_ch, se), act_layer) if se > 0 else nn.Identity()
             self.project = ConvBNAct(mid, out_ch, 1, act=False, **bn)
         self._init_skip(in_ch, out_ch, stride, drop_path)
 

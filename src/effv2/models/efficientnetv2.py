@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import nn
 
-from .blocks import BLOCKS, ConvBNAct
+from . import blocks as _blocks
+from .blocks import BLOCKS, ActLayer, ConvBNAct, NormLayer, act_factory, norm_factory
 from .spec import ArchSpec, ModelCard
 
 
@@ -16,11 +18,16 @@ class EfficientNetV2(nn.Module):
 
     Uniform API (as timm): ``forward_features`` returns the head's feature map (B, head, H/32, W/32),
     ``forward_head(x, pre_logits=False)`` pools and classifies, ``reset_classifier(n)`` swaps the head.
+
+    Norm and activation come from ``spec.norm`` / ``spec.act`` (what a checkpoint records and
+    rebuilds); ``norm_layer`` / ``act_layer`` callables replace them for experiments the spec
+    cannot name.
     """
 
     def __init__(self, spec: ArchSpec, num_classes: int = 1000, in_chans: int = 3,
                  drop_rate: float = 0.2, drop_path_rate: float = 0.2,
-                 card: ModelCard | None = None) -> None:
+                 card: ModelCard | None = None, *, norm_layer: NormLayer | None = None,
+                 act_layer: ActLayer | None = None) -> None:
         super().__init__()
         if num_classes < 0:
             raise ValueError(f"num_classes: expected >= 0, got {num_classes}")
@@ -35,7 +42,8 @@ class EfficientNetV2(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_path_rate = drop_path_rate
-        bn = dict(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum, padding=spec.padding)
+        bn = dict(norm_layer=norm_layer or norm_factory(spec.norm, spec.bn_eps, spec.bn_momentum),
+                  act_layer=act_layer or act_factory(spec.act), padding=spec.padding)
 
         self.stem = ConvBNAct(in_chans, spec.stem_channels, 3, spec.stem_stride, **bn)
         rows = spec.scaled_stages()
@@ -98,6 +106,14 @@ class EfficientNetV2(nn.Module):
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self._init_classifier()
+
+    def set_bn_mode(self, mode: str) -> None:
+        """Route every DualBatchNorm2d through its "main" (clean) or "aux" (adversarial) BN."""
+        _blocks.set_bn_mode(self, mode)
+
+    def bn_mode(self, mode: str) -> contextlib.AbstractContextManager[EfficientNetV2]:
+        """``with model.bn_mode("aux"): model(x_adv)``; the previous mode comes back afterwards."""
+        return _blocks.bn_mode(self, mode)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, F, h, w)
         return self.head(self.blocks(self.stem(x)))

@@ -12,7 +12,9 @@ conv_dw, bn2, ...``) are written, and in all of them children are registered in 
 The tests check outputs are unchanged (within 1e-5, fp32) for effv2 with both paddings, timm and
 torchvision models.
 
-A folded model is for inference only: it has no BN left to train or to update.
+A folded model is for inference only: it has no BN left to train or to update. A dual-BN model
+(AdvProp) folds its main BNs, the ones it is evaluated with; its aux BNs are dropped, and a model
+switched to aux mode is refused rather than silently folded with the other statistics.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import copy
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..errors import UsageError
+from .blocks import DualBatchNorm2d
+
 
 def _bn_replacement(bn: nn.BatchNorm2d) -> nn.Module | None:
     """What takes the BN's place after folding, or None when the BN type is not understood."""
-    if type(bn) is nn.BatchNorm2d:
+    if type(bn) in (nn.BatchNorm2d, DualBatchNorm2d):  # a DualBatchNorm2d's own tensors are its main BN
         return nn.Identity()
     # timm's BatchNormAct2d: BN, then drop (Identity in practice), then act, in one module.
     if type(bn).__name__ == "BatchNormAct2d" and hasattr(bn, "act"):
@@ -58,6 +63,9 @@ def fold_bn(model: nn.Module, *, inplace: bool = False) -> nn.Module:
 
     The count of folded pairs is stored on the result as ``model.folded_bn`` (int).
     """
+    if any(isinstance(m, DualBatchNorm2d) and m.use_aux for m in model.modules()):
+        raise UsageError("fold_bn: the model is in aux BN mode; fold_bn folds the main BNs, so switch "
+                         "back first (model.set_bn_mode('main'))")
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     folded = 0

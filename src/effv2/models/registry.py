@@ -115,8 +115,10 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, drop_rat
     """Build a registered model (or a saved spec file).
 
     ``overrides`` change the architecture's scalar fields (width_mult, depth_mult, stem_stride,
-    bn_eps, bn_momentum, padding, stem, head); unknown keys raise an error listing the valid ones.
-    ``drop_rate`` / ``drop_path_rate`` default to the values stored with the model.
+    bn_eps, bn_momentum, padding, stem, head) and its technique options: ``norm`` ("bn", or
+    "dual_bn" for AdvProp) and ``act`` ("silu", "gelu", "softplus", "elu", "relu"). They are
+    stored in the spec, so a checkpoint rebuilds the same variant. Unknown keys or values raise an
+    error listing the valid ones. ``drop_rate`` / ``drop_path_rate`` default to the card's values.
     """
     card = get_card(name)
     spec = card.spec.with_overrides(**overrides) if overrides else card.spec

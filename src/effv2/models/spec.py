@@ -17,6 +17,10 @@ from typing import Any, Literal
 BlockType = Literal["mbconv", "fused"]
 BLOCK_TYPES: tuple[str, ...] = ("mbconv", "fused")
 PADDINGS: tuple[str, ...] = ("symmetric", "tf_same")
+# Technique options (blocks.NORM_LAYERS / blocks.ACT_LAYERS build them; this module stays torch-free).
+NORMS: tuple[str, ...] = ("bn", "dual_bn")
+ACTS: tuple[str, ...] = ("silu", "gelu", "softplus", "elu", "relu")
+OPTIONS = ("norm", "act")  # left out of to_dict() at their defaults
 
 
 def format_number(x: float) -> str:
@@ -113,6 +117,8 @@ class ArchSpec:
     bn_eps: float = 1e-3  # official value
     bn_momentum: float = 0.1  # PyTorch convention: 0.1 here == Keras momentum 0.9 in the official code
     padding: str = "symmetric"  # "tf_same" reproduces TF's asymmetric 'same' padding (tf_ checkpoints)
+    norm: str = "bn"  # "dual_bn": AdvProp's main + auxiliary BN pairs (blocks.DualBatchNorm2d)
+    act: str = "silu"  # every activation, SE's included; smooth ones (gelu, softplus, elu) for SAT
 
     def __post_init__(self) -> None:
         stages = tuple(self.stages)
@@ -136,8 +142,9 @@ class ArchSpec:
             raise SpecError(f"spec.bn_eps: expected a value in (0, 1), got {self.bn_eps!r}")
         if not 0 <= self.bn_momentum <= 1:
             raise SpecError(f"spec.bn_momentum: expected a value in [0, 1], got {self.bn_momentum!r}")
-        if self.padding not in PADDINGS:
-            raise SpecError(f"spec.padding: {self.padding!r} is not one of {', '.join(PADDINGS)}")
+        for name, valid in (("padding", PADDINGS), ("norm", NORMS), ("act", ACTS)):
+            if getattr(self, name) not in valid:
+                raise SpecError(f"spec.{name}: {getattr(self, name)!r} is not one of {', '.join(valid)}")
 
     # -- derived values ---------------------------------------------------------------------
     @property
@@ -224,8 +231,13 @@ class ArchSpec:
         return cls(stages=tuple(stages), **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields; ``norm``/``act`` only when not the default, so a plain spec's dict (in
+        checkpoints, search records) is what it was before they existed and older readers load it."""
         d = asdict(self)
         d["stages"] = [asdict(s) for s in self.stages]
+        for f in fields(self):
+            if f.name in OPTIONS and d[f.name] == f.default:
+                del d[f.name]
         return d
 
     @classmethod

@@ -3,6 +3,8 @@ compound / latency-aware scaling.
 
 - :mod:`.space`: the search space as stage rows with choices (``get_space``, ``SearchSpace``)
 - :mod:`.driver`: the Optuna study: persistent, resumable, parallel (``run_search``)
+  (split by job: :mod:`.config` settings and budget, :mod:`.storage` opening a study and reading
+  a folder back, :mod:`.resume` creating or resuming the study, :mod:`.worker` one process's trials)
 - :mod:`.evaluators`: proxy training (``ProxyEvaluator``) and a synthetic stand-in
 - :mod:`.predictor`: the accuracy predictor and ``predictor_report``
 - :mod:`.results`: trials.csv, the printed table, pareto.png, best_spec.json

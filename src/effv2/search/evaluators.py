@@ -87,7 +87,7 @@ class ProxyEvaluator:
     _bundle: Any = field(default=None, init=False, repr=False, compare=False)
     _batch: int | None = field(default=None, init=False, repr=False, compare=False)
     _resolved: list[str] | None = field(default=None, init=False, repr=False, compare=False)
-    _exec: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _recipe: Any = field(default=None, init=False, repr=False, compare=False)
     _steps: dict[ArchSpec, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -122,7 +122,7 @@ class ProxyEvaluator:
         the eval size, the first progressive size brought under it if the recipe's is larger, then
         the user's own ``--set`` values (last, so they win)."""
         if self._resolved is None:
-            from ..training.recipe import resolve_recipe
+            from ..config import resolve_recipe
 
             out = [f"epochs={self.epochs}", f"eval_size={self.image_size}", f"progressive.max_size={self.image_size}"]
             if self.batch_size is not None:
@@ -137,9 +137,8 @@ class ProxyEvaluator:
                 out.append(f"progressive.min_size={min(base.progressive.min_size, self.image_size)}")
             self._resolved = out + list(self.overrides)
             self._batch = int(rec.batch_size)
-            # How the trainer will execute (amp, memory format, optimizer): the step is timed the same way.
-            self._exec = {"amp": rec.amp, "channels_last": rec.channels_last,
-                          "optimizer": "rmsprop" if rec.optimizer == "rmsprop_tf" else rec.optimizer}
+            # The recipe the trainer will run: the step is timed from it (task, optimizer, amp, memory format).
+            self._recipe = rec
         return list(self._resolved)
 
     def batch(self) -> int:
@@ -168,26 +167,29 @@ class ProxyEvaluator:
 
     # -- the two measurements ---------------------------------------------------------------
     def execution(self) -> dict[str, Any]:
-        """The trainer's execution settings for the proxy runs, resolved for this device:
-        ``{"amp": "none"|"bf16"|"fp16", "channels_last": bool, "optimizer": name}``."""
-        from ..training.trainer import resolve_execution
+        """The trainer's execution settings for the proxy runs, resolved for this device (effv2.runtime):
+        ``{"amp": "none"|"bf16"|"fp16", "channels_last": bool, "optimizer": name, "task": name}``."""
+        from ..runtime import resolve_runtime
 
         self._overrides()
-        assert self._exec is not None
-        ex = resolve_execution(self._exec["amp"], self._exec["channels_last"], torch.device(self._device()),
-                               self.batch())
-        return {**ex, "optimizer": self._exec["optimizer"]}
+        rec = self._recipe
+        rt = resolve_runtime(self._device(), amp=rec.amp, channels_last=rec.channels_last, batch_size=self.batch())
+        return {"amp": rt.amp, "channels_last": rt.channels_last, "optimizer": rec.optimizer,
+                "task": getattr(rec, "task", "classify")}
 
     def step_time(self, spec: ArchSpec) -> float:
-        """One training step timed as the trainer runs it (the recipe's amp, memory format and
-        optimizer kind on this device): the paper's S is the step time of real training."""
+        """One training step timed as the trainer runs it (the recipe's task, optimizer, amp and
+        memory format on this device, effv2.training.build): the paper's S is the step time of real
+        training."""
         from ..bench.timing import time_train_step
 
         t = self.task
+        ex = self.execution()
         model = EfficientNetV2(spec, num_classes=t.num_classes, in_chans=t.in_chans)
         res = time_train_step(model, batch_size=t.batch_size, image_size=t.image_size, in_chans=t.in_chans,
                               num_classes=t.num_classes, steps=self.timing_steps, warmup=self.timing_warmup,
-                              device=self._device(), **self.execution())
+                              device=self._device(), amp=ex["amp"], channels_last=ex["channels_last"],
+                              recipe=self._recipe)
         self._steps[spec] = float(res["step_s"])  # the equal-time proxy plans from the same timing
         return float(res["step_s"])
 

@@ -191,13 +191,14 @@ def latency_measure(*, mode: str = "infer", batch_size: int = 1, in_chans: int =
     default to what the trainer runs on this device ("auto": effv2's fast defaults), so a
     latency target means the step effv2 will actually take; ``measure.execution`` says which."""
     from ..bench.timing import time_infer, time_train_step
-    from ..training.trainer import resolve_execution
+    from ..runtime import resolve_runtime
 
     if mode not in ("infer", "train"):
         raise UsageError(f"--latency-mode {mode!r} is not one of infer, train")
     if amp not in ("auto", "none", "bf16", "fp16"):
         raise UsageError(f"--amp {amp!r} is not one of auto, none, bf16, fp16")
-    ex = resolve_execution(amp, channels_last, torch.device(device), batch_size)
+    rt = resolve_runtime(device, amp=amp, channels_last=channels_last, batch_size=batch_size)
+    ex = {"amp": rt.amp, "channels_last": rt.channels_last}
 
     def measure(card: ModelCard) -> float:
         model = EfficientNetV2(card.spec, num_classes=num_classes, in_chans=in_chans, drop_rate=0.0, drop_path_rate=0.0)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from ..errors import UsageError
 from ..io.weights import check_compatible, read_metadata
 from ..models import ArchSpec, EfficientNetV2, ModelCard
+from ..runtime import Runtime
 
 
 @dataclass
@@ -76,22 +77,16 @@ def load_for_inference(path: str | Path, prefer_ema: bool = True) -> LoadedModel
     return LoadedModel(model=model, classes=classes, eval_size=eval_size, mean=mean, std=std, path=f, used=used)
 
 
-def fast_inference_model(model: torch.nn.Module, batch_size: int):
-    """The measured fast inference path: BN folded into the convs, channels_last, and the autocast
-    dtype of effv2's defaults for this batch size (bench.machine.fast_defaults). Returns (model, ctx)."""
-    import contextlib
-
+def fast_inference_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """The measured fast inference path: BN folded into the convs (when the fast defaults for the
+    runtime's device say so), on the runtime's device and memory format. Run it under
+    ``runtime.autocast()``."""
     from ..bench.machine import fast_defaults
     from ..models.fuse import fold_bn
 
-    d = fast_defaults("cpu", batch_size=batch_size)
-    if d["fold_bn_infer"]:
+    if fast_defaults(runtime.device)["fold_bn_infer"]:
         model = fold_bn(model)
-    if d["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(d["amp"])
-    ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    return model, ctx
+    return runtime.place(model.eval())
 
 
 def preprocess_image(path: str | Path, loaded: LoadedModel) -> torch.Tensor:

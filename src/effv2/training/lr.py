@@ -25,45 +25,72 @@ CosineAnnealingLR do, so the lr is continuous at the end of the warmup.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .recipe import Recipe
+from dataclasses import dataclass
+from typing import Any
 
 # floor(step / decay_steps) with decay_steps = steps_per_epoch * 2.4 is a float division: 72 / 7.2
 # may come out as 9.999999999999998. The epsilon makes an exact boundary count as reached.
 _STAIR_EPS = 1e-9
+KINDS = ("cosine", "exponential", "constant", "step")
 
 
-def warmup_steps(steps_per_epoch: int, recipe: "Recipe") -> int:
+@dataclass(frozen=True, kw_only=True)
+class LRSchedule:
+    """The schedule's own settings, in absolute lr units (already scaled to the batch)."""
+
+    kind: str
+    peak: float
+    start: float  # lr at step 0 of the warmup
+    floor: float  # min_lr
+    warmup_steps: int
+    total_steps: int  # epochs * steps_per_epoch
+    steps_per_epoch: int
+    decay_rate: float = 0.97
+    decay_epochs: float = 2.4
+
+    def __post_init__(self) -> None:
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown lr_schedule {self.kind!r}")
+
+    @classmethod
+    def from_recipe(cls, recipe: Any, *, steps_per_epoch: int, base_lr: float) -> LRSchedule:
+        """The recipe's lr keys (per 256 images) scaled like the peak: ``base_lr / recipe.lr``."""
+        scale = base_lr / recipe.lr
+        return cls(kind=recipe.lr_schedule, peak=base_lr, start=recipe.warmup_lr * scale,
+                   floor=recipe.min_lr * scale, warmup_steps=warmup_steps(steps_per_epoch, recipe),
+                   total_steps=steps_per_epoch * recipe.epochs, steps_per_epoch=steps_per_epoch,
+                   decay_rate=recipe.decay_rate, decay_epochs=recipe.decay_epochs)
+
+    def __call__(self, step: int) -> float:
+        """The learning rate for optimizer step ``step`` (0-based)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        peak, w = self.peak, self.warmup_steps
+        if step < w:
+            return self.start + (peak - self.start) * step / w
+        if self.kind == "constant":
+            return peak
+        if self.kind == "cosine":
+            span = self.total_steps - w
+            if span <= 0:
+                return peak
+            t = min(step - w, span)
+            return self.floor + (peak - self.floor) * (1 + math.cos(math.pi * t / span)) / 2
+        if self.kind == "exponential":
+            k = math.floor(step / (self.steps_per_epoch * self.decay_epochs) + _STAIR_EPS)
+        else:  # "step"
+            k = math.floor((step // self.steps_per_epoch) / self.decay_epochs + _STAIR_EPS)
+        return max(peak * self.decay_rate ** k, self.floor)
+
+
+def warmup_steps(steps_per_epoch: int, recipe: Any) -> int:
     """Number of warmup steps: int(warmup_epochs * steps_per_epoch), as the official code."""
     return int(recipe.warmup_epochs * steps_per_epoch)
 
 
-def lr_at(step: int, *, steps_per_epoch: int, recipe: "Recipe", base_lr: float) -> float:
-    """The learning rate for optimizer step ``step`` (0-based) of a run with ``recipe``."""
-    if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    scale = base_lr / recipe.lr
-    peak, floor_lr, start = base_lr, recipe.min_lr * scale, recipe.warmup_lr * scale
-    w = warmup_steps(steps_per_epoch, recipe)
-    if step < w:
-        return start + (peak - start) * step / w
-    kind = recipe.lr_schedule
-    if kind == "constant":
-        return peak
-    if kind == "cosine":
-        span = steps_per_epoch * recipe.epochs - w
-        if span <= 0:
-            return peak
-        t = min(step - w, span)
-        return floor_lr + (peak - floor_lr) * (1 + math.cos(math.pi * t / span)) / 2
-    if kind == "exponential":
-        k = math.floor(step / (steps_per_epoch * recipe.decay_epochs) + _STAIR_EPS)
-    elif kind == "step":
-        k = math.floor((step // steps_per_epoch) / recipe.decay_epochs + _STAIR_EPS)
-    else:
-        raise ValueError(f"unknown lr_schedule {kind!r}")
-    return max(peak * recipe.decay_rate ** k, floor_lr)
+def lr_at(step: int, *, steps_per_epoch: int, recipe: Any, base_lr: float) -> float:
+    """The learning rate for optimizer step ``step`` of a run with ``recipe`` (one-off convenience;
+    the trainer builds its :class:`LRSchedule` once)."""
+    return LRSchedule.from_recipe(recipe, steps_per_epoch=steps_per_epoch, base_lr=base_lr)(step)

@@ -14,13 +14,13 @@ code adds ``weight_decay * sum(w**2) / 2`` to the loss); AdamW decays decoupled
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .recipe import Recipe
+from ..config.schema import DEFAULT_EPS  # per-optimizer epsilon when a recipe's eps is null
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -40,20 +40,53 @@ def _fused_ok(groups: list[dict[str, Any]]) -> bool:
     return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
 
 
-def build_optimizer(model: nn.Module, recipe: "Recipe", lr: float | None = None) -> torch.optim.Optimizer:
-    """The recipe's optimizer over ``model``. ``lr`` defaults to ``recipe.lr * batch_size / 256``;
-    the trainer overwrites every group's lr each step from lr.lr_at."""
-    lr = recipe.lr * recipe.batch_size / 256 if lr is None else lr
-    groups = param_groups(model, recipe.weight_decay)
+OPTIMIZERS = tuple(DEFAULT_EPS)  # the recipe's optimizer names
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+    """The optimizer's own settings (the recipe's optimizer keys; ``lr`` already scaled to the batch)."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float | None = None  # None: DEFAULT_EPS[name]
+    rmsprop_decay: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.name!r}; one of {', '.join(OPTIMIZERS)}")
+
+    @classmethod
+    def from_recipe(cls, recipe: Any, lr: float | None = None) -> OptimizerConfig:
+        """``lr`` defaults to ``recipe.lr * batch_size / 256``."""
+        return cls(name=recipe.optimizer, lr=recipe.lr * recipe.batch_size / 256 if lr is None else lr,
+                   momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
+                   betas=tuple(recipe.betas), eps=recipe.eps, rmsprop_decay=recipe.rmsprop_decay)
+
+    @property
+    def resolved_eps(self) -> float:
+        return DEFAULT_EPS[self.name] if self.eps is None else self.eps
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig | Any, lr: float | None = None) -> torch.optim.Optimizer:
+    """The optimizer over ``model`` (parameter groups: :func:`param_groups`). ``cfg`` is an
+    :class:`OptimizerConfig` or a recipe (then ``OptimizerConfig.from_recipe(recipe, lr)``); the
+    trainer overwrites every group's lr each step from its LRSchedule."""
+    if not isinstance(cfg, OptimizerConfig):
+        cfg = OptimizerConfig.from_recipe(cfg, lr)
+    elif lr is not None:
+        cfg = replace(cfg, lr=lr)
+    groups = param_groups(model, cfg.weight_decay)
     speed = {"fused": True} if _fused_ok(groups) else {}
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, **speed)
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=recipe.betas, eps=recipe.optimizer_eps, **speed)
-    if recipe.optimizer == "rmsprop_tf":
-        return RMSpropTF(groups, lr=lr, alpha=recipe.rmsprop_decay, eps=recipe.optimizer_eps,
-                         momentum=recipe.momentum)
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **speed)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.resolved_eps, **speed)
+    return RMSpropTF(groups, lr=cfg.lr, alpha=cfg.rmsprop_decay, eps=cfg.resolved_eps, momentum=cfg.momentum)
 
 
 class RMSpropTF(torch.optim.Optimizer):

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .recipe import ProgressiveConfig
+from ..config.schema import ProgressiveConfig
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def stage_params(stage: int, cfg: "ProgressiveConfig", *, train_size: int, dropout: float, drop_path: float,
+def stage_params(stage: int, cfg: ProgressiveConfig, *, train_size: int, dropout: float, drop_path: float,
                  eval_size: int | None = None) -> StageParams:
     """Image size and regularization of stage ``stage`` under ``cfg`` (see the module doc).
 
@@ -138,7 +136,7 @@ def stage_params(stage: int, cfg: "ProgressiveConfig", *, train_size: int, dropo
     )
 
 
-def all_stages(cfg: "ProgressiveConfig", *, train_size: int, dropout: float, drop_path: float,
+def all_stages(cfg: ProgressiveConfig, *, train_size: int, dropout: float, drop_path: float,
                eval_size: int | None = None) -> list[StageParams]:
     """Every stage of ``cfg`` (one when progressive learning is off)."""
     m = cfg.n_stages if cfg.enabled else 1

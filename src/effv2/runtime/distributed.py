@@ -1,4 +1,6 @@
-"""torchrun / DDP plumbing: gloo on CPU, NCCL on CUDA; rank 0 writes logs and checkpoints."""
+"""torchrun / DDP plumbing: set-up and the few collectives the loop needs.
+
+gloo on CPU, NCCL on CUDA; rank 0 writes logs and checkpoints."""
 
 from __future__ import annotations
 

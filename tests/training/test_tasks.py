@@ -1,0 +1,67 @@
+"""The task seam: a new task in one file (tests/training/two_loss_task.py) trains through the unchanged
+loop, its parts are logged, its state is checkpointed and a killed run resumes bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "golden"))
+import run_golden  # noqa: E402
+
+PLUGIN = HERE / "two_loss_task.py"
+FAULT_RUN = HERE.parent / "fault_run.py"
+SETS = ["epochs=2", "batch_size=32", "eval_batch_size=64", "progressive.n_stages=2", "progressive.min_size=16",
+        "progressive.max_size=24", "eval_size=24", "amp=none", "ema_decay=0.9", "num_workers=0",
+        "deterministic=true", "checkpoint_every_steps=3", "task=two_loss"]
+
+pytestmark = pytest.mark.skipif(not run_golden.SHARED.is_dir(), reason="shared Fashion-MNIST not available")
+
+
+def _run(data: Path, out: Path, kill_at: int | None = None, resume: bool = False) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(FAULT_RUN), "--import", str(PLUGIN)]
+    cmd += ["--kill-at-step", str(kill_at)] if kill_at is not None else []
+    if resume:
+        cmd += ["train", "--resume", str(out), "--quiet"]
+    else:
+        cmd += ["train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist", "--data-dir", str(data),
+                "--out", str(out), "--quiet"]
+        for s in SETS:
+            cmd += ["--set", s]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if k.split("/")[0] in ("model", "ema", "optim", "task")}
+
+
+def test_a_task_in_one_file_logs_its_parts_keeps_its_state_and_resumes_bitwise(tmp_path):
+    data = run_golden.write_subset(tmp_path / "fmnist")
+    full = _run(data, tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:  # the loop logged the task's parts without knowing their names
+        assert r["train_ce"] > 0 and r["train_logit_l2"] > 0
+        assert r["train_loss"] == pytest.approx(r["train_ce"] + 0.01 * r["train_logit_l2"], rel=1e-5)
+    a = _tensors(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    assert int(a["task/steps"]) == 16 and float(a["task/penalty_mean"]) > 0  # 2 epochs x 8 steps
+    assert not any(k.startswith("task/model.") for k in a)  # the model is stored once, as "model"
+
+    killed = _run(data, tmp_path / "part", kill_at=5)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = _run(data, tmp_path / "part", resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    b = _tensors(tmp_path / "part" / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
