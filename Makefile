@@ -24,7 +24,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m effv2 demo
 
+# Lint and format check first (ruff, configured in pyproject.toml), then the default test suite.
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks docs
+	$(VENV)/bin/ruff format --check src tests benchmarks docs
 	$(PY) -m pytest -q
 
 clean:

@@ -41,13 +41,35 @@ def subset(dst: Path, src: Path, n_train: int, n_test: int) -> Path:
 
 def run(src: str, data: Path, out: Path, epochs: int, threads: int) -> dict:
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "effv2", "train", "--model", "efficientnetv2_mini", "--data", "fashion-mnist",
-           "--data-dir", str(data), "--out", str(out), "--quiet", "--epochs", str(epochs), "--seed", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "effv2",
+        "train",
+        "--model",
+        "efficientnetv2_mini",
+        "--data",
+        "fashion-mnist",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--quiet",
+        "--epochs",
+        str(epochs),
+        "--seed",
+        "0",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{src}: training failed:\n{proc.stderr[-2000:]}")
     s = json.loads((out / "summary.json").read_text())
-    return {"img_per_s": s["img_per_s"], "train_s": s["train_s"], "val_top1": s["top1"], "test_top1": s.get("test_top1")}
+    return {
+        "img_per_s": s["img_per_s"],
+        "train_s": s["train_s"],
+        "val_top1": s["top1"],
+        "test_top1": s.get("test_top1"),
+    }
 
 
 def main() -> None:

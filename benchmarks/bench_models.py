@@ -44,28 +44,47 @@ def machine_line(device: str) -> str:
     d = describe(device)
     info = cpu_info()
     gpu = f", GPU {d['gpu']} (CUDA {d['cuda']})" if "gpu" in d else ""
-    return (f"CPU {info['model_name']}, {info['cores']} cores ({info['logical_cpus']} logical), "
-            f"{d['torch_threads']} torch threads{gpu}; torch {d['torch']}, python {d['python']}")
+    return (
+        f"CPU {info['model_name']}, {info['cores']} cores ({info['logical_cpus']} logical), "
+        f"{d['torch_threads']} torch threads{gpu}; torch {d['torch']}, python {d['python']}"
+    )
 
 
 def header(title: str, device: str) -> list[str]:
     cmd = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    return [f"## {title}", "", f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
-            f"- command: `{cmd}`", f"- machine: {machine_line(device)}", ""]
+    return [
+        f"## {title}",
+        "",
+        f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
+        f"- command: `{cmd}`",
+        f"- machine: {machine_line(device)}",
+        "",
+    ]
 
 
 # ---- compare ------------------------------------------------------------------------------------
 
+
 def cmd_compare(args: argparse.Namespace) -> list[str]:
     lines = header("effv2 vs timm (same weights, interleaved)", args.device)
-    lines += ["| model | px | mode | batch | effv2 settings | effv2 img/s | reference | ref defaults img/s "
-              "| ref same-flags img/s | effv2 / defaults | effv2 / same flags | effv2 % peak | logits max diff |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| model | px | mode | batch | effv2 settings | effv2 img/s | reference | ref defaults img/s "
+        "| ref same-flags img/s | effv2 / defaults | effv2 / same flags | effv2 % peak | logits max diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     reports = []
     for model in args.models:
         for mode in args.modes:
-            cfg = BenchConfig(model=model, image_size=args.size, batch_size=args.batch, mode=mode,
-                              steps=args.steps, warmup=args.warmup, compare=tuple(args.libs), device=args.device)
+            cfg = BenchConfig(
+                model=model,
+                image_size=args.size,
+                batch_size=args.batch,
+                mode=mode,
+                steps=args.steps,
+                warmup=args.warmup,
+                compare=tuple(args.libs),
+                device=args.device,
+            )
             r = run_bench(cfg)
             reports.append(r)
             eff = r["results"][0]
@@ -80,20 +99,25 @@ def cmd_compare(args: argparse.Namespace) -> list[str]:
                     f"| {model} | {args.size} | {mode} | {args.batch} | {eff['settings']} | {eff['img_per_s']:.1f} "
                     f"| {lib} {d['model']} | {d['img_per_s']:.1f} | {s['img_per_s']:.1f} "
                     f"| {eff['img_per_s'] / d['img_per_s']:.2f}x | {eff['img_per_s'] / s['img_per_s']:.2f}x "
-                    f"| {share} | {r['logit_check'][lib]['max_abs_diff']:.1g} |")
+                    f"| {share} | {r['logit_check'][lib]['max_abs_diff']:.1g} |"
+                )
             print(lines[-1], flush=True)
     notes = sorted({n for r in reports for n in r["notes"]})
     lines += [""] + [f"- note: {n}" for n in notes]
-    lines += [f"- timm defaults = fp32 eager NCHW; same flags = effv2's settings ({reports[0]['settings_source']}); "
-              f"{args.steps} timed steps after {args.warmup} warm-up, median; train = forward + loss + backward "
-              "+ SGD step; % peak from FLOPs = 2 x MACs (x3 for train) over the derived peak "
-              f"({reports[0]['results'][0]['peak_how']})", ""]
+    lines += [
+        f"- timm defaults = fp32 eager NCHW; same flags = effv2's settings ({reports[0]['settings_source']}); "
+        f"{args.steps} timed steps after {args.warmup} warm-up, median; train = forward + loss + backward "
+        "+ SGD step; % peak from FLOPs = 2 x MACs (x3 for train) over the derived peak "
+        f"({reports[0]['results'][0]['peak_how']})",
+        "",
+    ]
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(reports, indent=2))
     return lines
 
 
 # ---- defaults -----------------------------------------------------------------------------------
+
 
 def _silu_not_inplace(model: nn.Module) -> nn.Module:
     for m in model.modules():
@@ -105,18 +129,24 @@ def _silu_not_inplace(model: nn.Module) -> nn.Module:
 # (label, settings, SiLU inplace?) per mode; the first row is the baseline every ratio is against.
 def candidates(mode: str, with_compile: bool) -> list[tuple[str, Settings, bool]]:
     S = Settings
-    rows = [("fp32 eager NCHW (baseline)", S("none", False, False, False), True),
-            ("SiLU not inplace", S("none", False, False, False), False),
-            ("channels_last", S("none", True, False, False), True),
-            ("bf16 autocast", S("bf16", False, False, False), True),
-            ("bf16 + channels_last", S("bf16", True, False, False), True)]
+    rows = [
+        ("fp32 eager NCHW (baseline)", S("none", False, False, False), True),
+        ("SiLU not inplace", S("none", False, False, False), False),
+        ("channels_last", S("none", True, False, False), True),
+        ("bf16 autocast", S("bf16", False, False, False), True),
+        ("bf16 + channels_last", S("bf16", True, False, False), True),
+    ]
     if mode == "infer":
-        rows += [("fold_bn", S("none", False, False, True), True),
-                 ("fold_bn + channels_last", S("none", True, False, True), True),
-                 ("fold_bn + bf16 + channels_last", S("bf16", True, False, True), True)]
+        rows += [
+            ("fold_bn", S("none", False, False, True), True),
+            ("fold_bn + channels_last", S("none", True, False, True), True),
+            ("fold_bn + bf16 + channels_last", S("bf16", True, False, True), True),
+        ]
     if with_compile:
-        rows += [("compile", S("none", False, True, False), True),
-                 ("compile + bf16 + channels_last", S("bf16", True, True, False), True)]
+        rows += [
+            ("compile", S("none", False, True, False), True),
+            ("compile + bf16 + channels_last", S("bf16", True, True, False), True),
+        ]
     return rows
 
 
@@ -125,13 +155,24 @@ def cmd_defaults(args: argparse.Namespace) -> list[str]:
     in_chans = args.in_chans or len(card.mean)
     dev = resolve_device(args.device)
     lines = header(f"candidate fast defaults: {args.model} @ {args.size} px, batch {args.batch}", str(dev))
-    lines += [f"- current fast_defaults({dev.type}) = {fast_defaults(dev)}; "
-              f"mkldnn bf16 supported: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}", "",
-              "| mode | variant | img/s | ms/step | vs baseline | first step s (incl. compile) |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        f"- current fast_defaults({dev.type}) = {fast_defaults(dev)}; "
+        f"mkldnn bf16 supported: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}",
+        "",
+        "| mode | variant | img/s | ms/step | vs baseline | first step s (incl. compile) |",
+        "|---|---|---|---|---|---|",
+    ]
     for mode in args.modes:
-        cfg = BenchConfig(model=args.model, image_size=args.size, batch_size=args.batch, mode=mode,
-                          steps=args.steps, warmup=args.warmup, device=str(dev), in_chans=in_chans)
+        cfg = BenchConfig(
+            model=args.model,
+            image_size=args.size,
+            batch_size=args.batch,
+            mode=mode,
+            steps=args.steps,
+            warmup=args.warmup,
+            device=str(dev),
+            in_chans=in_chans,
+        )
         torch.manual_seed(0)
         base = create_model(args.model, in_chans=in_chans)
         steps = {}
@@ -148,12 +189,18 @@ def cmd_defaults(args: argparse.Namespace) -> list[str]:
         ref = timed[next(iter(timed))]["img_per_s"]
         for label, t in timed.items():
             first = f"{t['warmup_s'][0]:.2f}" if t["warmup_s"] else "-"
-            lines.append(f"| {mode} | {label} | {t['img_per_s']:.1f} | {1e3 * t['step_s']:.1f} "
-                         f"| {t['img_per_s'] / ref:.2f}x | {first} |")
+            lines.append(
+                f"| {mode} | {label} | {t['img_per_s']:.1f} | {1e3 * t['step_s']:.1f} "
+                f"| {t['img_per_s'] / ref:.2f}x | {first} |"
+            )
             print(lines[-1], flush=True)
-    lines += ["", f"- {args.steps} timed steps per variant after {args.warmup} warm-up, interleaved one step "
-              "per variant per round, median; train = forward + loss + backward + SGD step; "
-              "break-even steps for compile = (first step - step) / (baseline step - compiled step)", ""]
+    lines += [
+        "",
+        f"- {args.steps} timed steps per variant after {args.warmup} warm-up, interleaved one step "
+        "per variant per round, median; train = forward + loss + backward + SGD step; "
+        "break-even steps for compile = (first step - step) / (baseline step - compiled step)",
+        "",
+    ]
     return lines
 
 
@@ -171,10 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--size", type=int, default=128)
     d.add_argument("--batch", type=int, default=32)
     d.add_argument("--in-chans", type=int)
-    d.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="include torch.compile variants (slow to compile)")
-    d.add_argument("--only", nargs="+", metavar="LABEL",
-                   help="time only these variants (labels as in the table, e.g. 'bf16 + channels_last')")
+    d.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="include torch.compile variants (slow to compile)",
+    )
+    d.add_argument(
+        "--only",
+        nargs="+",
+        metavar="LABEL",
+        help="time only these variants (labels as in the table, e.g. 'bf16 + channels_last')",
+    )
     for q in (c, d):
         q.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
         q.add_argument("--steps", type=int, default=10)

@@ -52,26 +52,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 import torchvision
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
-
-import timm
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.models._efficientnet_builder import decode_arch_def
 from timm.models.efficientnet import EfficientNet, round_channels
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 
 from effv2.bench.machine import cpu_info, fast_defaults
 from effv2.data.imagesets import FileImageSet, TensorImageSet
 from effv2.data.sources import DataBundle, load_source
 from effv2.models import create_model, get_card
 from effv2.models.convert import transfer_weights
-from effv2.training.api import train
 from effv2.runtime import AMP_DTYPES, resolve_amp, resolve_channels_last
+from effv2.training.api import train
 
 HERE = Path(__file__).resolve().parent
 MODEL = "efficientnetv2_mini"
@@ -80,8 +79,12 @@ SIZE = 28  # efficientnetv2_mini's training size
 LR, MOMENTUM, WEIGHT_DECAY, SMOOTHING = 0.2, 0.9, 5e-4, 0.1  # fmnist-cpu's
 # efficientnetv2_mini in timm's arch-string notation: the stem 24 -> 24 Fused-MBConv e1 keeps its
 # residual only with "_skip" (as timm's own V2 tables write it).
-TIMM_ARCH = [["cn_r1_k3_s1_e1_c24_skip"], ["er_r2_k3_s2_e4_c48"], ["er_r2_k3_s2_e4_c96"],
-             ["ir_r2_k3_s1_e4_c160_se0.25"]]
+TIMM_ARCH = [
+    ["cn_r1_k3_s1_e1_c24_skip"],
+    ["er_r2_k3_s2_e4_c48"],
+    ["er_r2_k3_s2_e4_c96"],
+    ["ir_r2_k3_s1_e4_c160_se0.25"],
+]
 EVAL_IMAGES = 512  # val images kept for effv2's end-of-epoch evaluation (not timed; only to keep it short)
 
 
@@ -90,10 +93,16 @@ def build_timm_mini(in_chans: int, num_classes: int = 10) -> EfficientNet:
     """efficientnetv2_mini as a timm EfficientNet, with the kwargs of timm's _gen_efficientnetv2_base."""
     card = get_card(MODEL)
     round_chs_fn = partial(round_channels, multiplier=1.0, round_limit=0.0)
-    return EfficientNet(block_args=decode_arch_def(TIMM_ARCH), num_features=round_chs_fn(card.spec.head),
-                        stem_size=card.spec.stem, in_chans=in_chans, num_classes=num_classes,
-                        round_chs_fn=round_chs_fn, act_layer=torch.nn.SiLU,
-                        norm_layer=partial(torch.nn.BatchNorm2d, eps=card.spec.bn_eps))
+    return EfficientNet(
+        block_args=decode_arch_def(TIMM_ARCH),
+        num_features=round_chs_fn(card.spec.head),
+        stem_size=card.spec.stem,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        round_chs_fn=round_chs_fn,
+        act_layer=torch.nn.SiLU,
+        norm_layer=partial(torch.nn.BatchNorm2d, eps=card.spec.bn_eps),
+    )
 
 
 def check_parity(in_chans: int, num_classes: int = 10, batch: int = 4) -> float:
@@ -194,8 +203,14 @@ class TensorImageDataset(Dataset):
 def timm_dataset(bundle: DataBundle) -> Dataset:
     mean, std = get_card(MODEL).mean * bundle.in_chans, get_card(MODEL).std * bundle.in_chans
     if isinstance(bundle.train, TensorImageSet):
-        tf = T.Compose([T.RandomCrop(SIZE, padding=SIZE // 8, padding_mode="reflect"), T.RandomHorizontalFlip(),
-                        T.ToTensor(), T.Normalize(mean, std)])
+        tf = T.Compose(
+            [
+                T.RandomCrop(SIZE, padding=SIZE // 8, padding_mode="reflect"),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(mean, std),
+            ]
+        )
         return TensorImageDataset(bundle.train, tf)
     assert isinstance(bundle.train, FileImageSet)
     tf = T.Compose([T.RandomResizedCrop(SIZE), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
@@ -210,28 +225,57 @@ def timm_dataset(bundle: DataBundle) -> Dataset:
 def effv2_epoch(bundle: DataBundle, out_dir: Path, *, batch_size: int, num_workers: int) -> dict[str, Any]:
     """One epoch of effv2's trainer (its own execution defaults); train time excludes the evaluation."""
     crop = "pad_crop" if isinstance(bundle.train, TensorImageSet) else "random_resized"
-    overrides = ["epochs=1", "progressive.enabled=false", "ema_decay=0", f"batch_size={batch_size}",
-                 f"num_workers={num_workers}", f"crop={crop}", "progressive.randaug_max=0"]
+    overrides = [
+        "epochs=1",
+        "progressive.enabled=false",
+        "ema_decay=0",
+        f"batch_size={batch_size}",
+        f"num_workers={num_workers}",
+        f"crop={crop}",
+        "progressive.randaug_max=0",
+    ]
     s = train(MODEL, bundle, out_dir, recipe=RECIPE, overrides=overrides, quiet=True)  # deterministic mode is scoped
     rec = json.loads((out_dir / "config.json").read_text())["recipe"]
     amp = AMP_DTYPES[resolve_amp(rec["amp"], torch.device("cpu"), batch_size)]
     cl = resolve_channels_last(rec["channels_last"], torch.device("cpu"))
-    return {"trainer": "effv2", "flags": flags_label(amp, cl), "images": s["images_seen"], "train_s": s["train_s"],
-            "img_per_s": s["images_seen"] / max(s["train_s"], 1e-9), "overrides": overrides}
+    return {
+        "trainer": "effv2",
+        "flags": flags_label(amp, cl),
+        "images": s["images_seen"],
+        "train_s": s["train_s"],
+        "img_per_s": s["images_seen"] / max(s["train_s"], 1e-9),
+        "overrides": overrides,
+    }
 
 
-def timm_epoch(bundle: DataBundle, *, batch_size: int, num_workers: int, amp: torch.dtype | None,
-               channels_last: bool, label: str, seed: int = 0) -> dict[str, Any]:
+def timm_epoch(
+    bundle: DataBundle,
+    *,
+    batch_size: int,
+    num_workers: int,
+    amp: torch.dtype | None,
+    channels_last: bool,
+    label: str,
+    seed: int = 0,
+) -> dict[str, Any]:
     """One epoch of a loop in the style of timm train.py's train_one_epoch (no prefetcher, no EMA)."""
     torch.manual_seed(seed)
     model = build_timm_mini(bundle.in_chans, bundle.num_classes)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = create_optimizer_v2(model, "sgd", lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    loader = DataLoader(timm_dataset(bundle), batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                        pin_memory=False, drop_last=True, generator=torch.Generator().manual_seed(seed))
-    lr_scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=1, warmup_epochs=0,
-                                          step_on_epochs=False, updates_per_epoch=len(loader))
+    loader = DataLoader(
+        timm_dataset(bundle),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        pin_memory=False,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    lr_scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=1, warmup_epochs=0, step_on_epochs=False, updates_per_epoch=len(loader)
+    )
     loss_fn = LabelSmoothingCrossEntropy(smoothing=SMOOTHING)
     amp_autocast = partial(torch.autocast, device_type="cpu", dtype=amp) if amp is not None else contextlib.nullcontext
     model.train()
@@ -251,8 +295,14 @@ def timm_epoch(bundle: DataBundle, *, batch_size: int, num_workers: int, amp: to
         optimizer.zero_grad()
         lr_scheduler.step_update(num_updates=num_updates)
     train_s = time.perf_counter() - t0
-    return {"trainer": label, "flags": flags_label(amp, channels_last), "images": images, "train_s": train_s,
-            "img_per_s": images / max(train_s, 1e-9), "mean_loss": loss_sum / max(images, 1)}
+    return {
+        "trainer": label,
+        "flags": flags_label(amp, channels_last),
+        "images": images,
+        "train_s": train_s,
+        "img_per_s": images / max(train_s, 1e-9),
+        "mean_loss": loss_sum / max(images, 1),
+    }
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -261,11 +311,19 @@ def run_dataset(name: str, bundle: DataBundle, work: Path, *, batch_size: int, l
     workers = 0 if isinstance(bundle.train, TensorImageSet) else 2  # effv2: in-memory sets need no workers
     fast = fast_flags()
     warmup(bundle.in_chans, batch_size, [(None, False), (fast["amp"], fast["channels_last"])])
-    rows = [effv2_epoch(bundle, work / f"effv2-{re.sub(r'[^a-z0-9]+', '-', name.lower())}", batch_size=batch_size,
-                        num_workers=workers)]
+    rows = [
+        effv2_epoch(
+            bundle,
+            work / f"effv2-{re.sub(r'[^a-z0-9]+', '-', name.lower())}",
+            batch_size=batch_size,
+            num_workers=workers,
+        )
+    ]
     log(_fmt_row(name, rows[-1]))
-    for label, amp, cl in (("timm loop, timm defaults", None, False),
-                           ("timm loop, effv2's flags", fast["amp"], fast["channels_last"])):
+    for label, amp, cl in (
+        ("timm loop, timm defaults", None, False),
+        ("timm loop, effv2's flags", fast["amp"], fast["channels_last"]),
+    ):
         rows.append(timm_epoch(bundle, batch_size=batch_size, num_workers=2, amp=amp, channels_last=cl, label=label))
         log(_fmt_row(name, rows[-1]))
     for r in rows:
@@ -275,12 +333,15 @@ def run_dataset(name: str, bundle: DataBundle, work: Path, *, batch_size: int, l
 
 
 def _fmt_row(name: str, r: dict[str, Any]) -> str:
-    return (f"{name}: {r['trainer']} ({r['flags']}): {r['images']} images in {r['train_s']:.1f} s = "
-            f"{r['img_per_s']:.0f} img/s")
+    return (
+        f"{name}: {r['trainer']} ({r['flags']}): {r['images']} images in {r['train_s']:.1f} s = "
+        f"{r['img_per_s']:.0f} img/s"
+    )
 
 
-def run_benchmark(*, data_dir: str | None, jpeg_images: int, jpeg_size: int, batch_size: int, limit: int | None,
-                  work: Path, log=print) -> dict[str, Any]:
+def run_benchmark(
+    *, data_dir: str | None, jpeg_images: int, jpeg_size: int, batch_size: int, limit: int | None, work: Path, log=print
+) -> dict[str, Any]:
     parity = {c: check_parity(c) for c in (1, 3)}
     if max(parity.values()) >= 1e-4:
         raise AssertionError(f"timm build differs from {MODEL}: max logit difference {parity}")
@@ -290,8 +351,13 @@ def run_benchmark(*, data_dir: str | None, jpeg_images: int, jpeg_size: int, bat
     folder = write_jpeg_folder(fm.train, fm.classes, work / "jpegs", n_jpeg, jpeg_size)
     jp = shrink(load_source(str(folder)), None)
     rows += run_dataset(f"JPEG folder ({n_jpeg} x {jpeg_size} px RGB)", jp, work, batch_size=batch_size, log=log)
-    return {"rows": rows, "parity": parity, "fmnist_train": len(fm.train), "jpeg_train": len(jp.train),
-            "jpeg_images": n_jpeg}
+    return {
+        "rows": rows,
+        "parity": parity,
+        "fmnist_train": len(fm.train),
+        "jpeg_train": len(jp.train),
+        "jpeg_images": n_jpeg,
+    }
 
 
 def markdown(result: dict[str, Any], *, command: str, threads: int, batch_size: int) -> str:
@@ -302,7 +368,7 @@ def markdown(result: dict[str, Any], *, command: str, threads: int, batch_size: 
         f"## Epoch throughput: effv2 trainer vs a timm train.py-style loop ({datetime.date.today().isoformat()})",
         "",
         f"- command: `{command}`",
-        f"- machine: `lscpu` model name \"{info['model_name']}\", {info['cores']} cores, {threads} torch threads; "
+        f'- machine: `lscpu` model name "{info["model_name"]}", {info["cores"]} cores, {threads} torch threads; '
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
         f"Python {platform.python_version()}",
         f"- one epoch of {MODEL} at {SIZE} px, batch {batch_size}, SGD Nesterov lr {LR}, label smoothing "
@@ -318,14 +384,17 @@ def markdown(result: dict[str, Any], *, command: str, threads: int, batch_size: 
         f"in: max logit difference {max(result['parity'].values()):.1e}); torch DataLoader, 2 workers, "
         f"per-sample torchvision transforms (Fashion-MNIST: PIL, RandomCrop(28, pad 3, reflect), flip, "
         f"ToTensor, Normalize; JPEGs: ImageFolder, RandomResizedCrop(28), flip, ToTensor, Normalize); "
-        f"`create_optimizer_v2(model, \"sgd\", lr={LR}, momentum={MOMENTUM}, weight_decay={WEIGHT_DECAY})`, "
-        f"LabelSmoothingCrossEntropy({SMOOTHING}); \"timm defaults\" = fp32, eager, NCHW; \"effv2's flags\" = "
+        f'`create_optimizer_v2(model, "sgd", lr={LR}, momentum={MOMENTUM}, weight_decay={WEIGHT_DECAY})`, '
+        f'LabelSmoothingCrossEntropy({SMOOTHING}); "timm defaults" = fp32, eager, NCHW; "effv2\'s flags" = '
         f"train.py `--channels-last` (+ `--amp --amp-dtype bfloat16` where effv2 uses bf16)",
         "",
         "| data | trainer | execution | images | epoch train time (s) | img/s | effv2 img/s / this |",
         "|---|---|---|---|---|---|---|",
-        *[f"| {r['data']} | {r['trainer']} | {r['flags']} | {r['images']:,} | {r['train_s']:.1f} | "
-          f"{r['img_per_s']:.0f} | {r['effv2_vs_this']:.2f}x |" for r in rows],
+        *[
+            f"| {r['data']} | {r['trainer']} | {r['flags']} | {r['images']:,} | {r['train_s']:.1f} | "
+            f"{r['img_per_s']:.0f} | {r['effv2_vs_this']:.2f}x |"
+            for r in rows
+        ],
         "",
     ]
     return "\n".join(lines)
@@ -357,8 +426,14 @@ def main(argv: list[str] | None = None, *, results: Path | None = None) -> dict[
     torch.set_num_threads(args.threads)
     with contextlib.ExitStack() as stack:
         work = Path(args.work_dir) if args.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        result = run_benchmark(data_dir=args.data_dir, jpeg_images=args.jpeg_images, jpeg_size=args.jpeg_size,
-                               batch_size=args.batch_size, limit=args.limit, work=work)
+        result = run_benchmark(
+            data_dir=args.data_dir,
+            jpeg_images=args.jpeg_images,
+            jpeg_size=args.jpeg_size,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            work=work,
+        )
     text = markdown(result, command=command_line(argv), threads=args.threads, batch_size=args.batch_size)
     print(text)
     if not args.no_record:

@@ -45,8 +45,11 @@ def median_ms(fn, n: int = 8, warmup: int = 2) -> float:
 def conv_inputs(model: nn.Module, size: int, in_chans: int) -> dict[str, tuple[nn.Conv2d, torch.Size]]:
     """Each Conv2d's input shape, from one forward pass (hooks return None: outputs unchanged)."""
     seen: dict[str, tuple[nn.Conv2d, torch.Size]] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: seen.setdefault(n, (mod, i[0].shape)) and None)
-             for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, n=n: seen.setdefault(n, (mod, i[0].shape)) and None)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d)
+    ]
     with torch.no_grad():
         model.eval()(torch.randn(2, in_chans, size, size))
     for h in hooks:
@@ -99,16 +102,31 @@ def main() -> int:
         seen.add(key)
         bf16, fp32 = time_conv(conv, shape, args.batch, True), time_conv(conv, shape, args.batch, False)
         kind = "depthwise" if conv.groups > 1 and conv.groups == conv.in_channels else "dense"
-        rows.append((name, tuple(shape[1:]), conv.out_channels, conv.kernel_size[0], conv.stride[0], kind, bf16, fp32,
-                     isinstance(conv, StridedDepthwiseConv2d)))
+        rows.append(
+            (
+                name,
+                tuple(shape[1:]),
+                conv.out_channels,
+                conv.kernel_size[0],
+                conv.stride[0],
+                kind,
+                bf16,
+                fp32,
+                isinstance(conv, StridedDepthwiseConv2d),
+            )
+        )
         print(f"{name}: bf16 {bf16:.2f} ms, fp32 {fp32:.2f} ms", flush=True)
 
     policy = create_model(args.model, num_classes=1000)
     plain = all_bf16(create_model(args.model, num_classes=1000))
     plain.load_state_dict(policy.state_dict())
     common = dict(batch_size=args.batch, image_size=args.size, in_chans=in_chans, amp="bf16", channels_last=True)
-    timed = interleave({"policy": build_train_step(policy, **common), "all bf16": build_train_step(plain, **common)},
-                       batch_size=args.batch, n_steps=args.steps, warmup=3)
+    timed = interleave(
+        {"policy": build_train_step(policy, **common), "all bf16": build_train_step(plain, **common)},
+        batch_size=args.batch,
+        n_steps=args.steps,
+        warmup=3,
+    )
     step_policy, step_plain = timed["policy"]["step_s"], timed["all bf16"]["step_s"]
 
     m = describe("cpu")
@@ -123,8 +141,11 @@ def main() -> int:
         "",
         "| conv | input (C, H, W) | out | k | stride | kind | bf16 ms | fp32 ms | bf16 speed-up | effv2 runs |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        *[f"| {n} | {s} | {o} | {k} | {st} | {kind} | {b:.2f} | {f:.2f} | {f / b:.2f}x | {'fp32' if pol else 'bf16'} |"
-          for n, s, o, k, st, kind, b, f, pol in rows],
+        *[
+            f"| {n} | {s} | {o} | {k} | {st} | {kind} | {b:.2f} | {f:.2f} | {f / b:.2f}x | "
+            f"{'fp32' if pol else 'bf16'} |"
+            for n, s, o, k, st, kind, b, f, pol in rows
+        ],
         "",
         f"Whole training step (bf16 autocast, channels-last, batch {args.batch}, {args.steps} interleaved steps, "
         f"median): effv2's policy {1e3 * step_policy:.0f} ms, every conv in bf16 {1e3 * step_plain:.0f} ms: "

@@ -66,8 +66,9 @@ def epochs_for(model_name: str, seconds: float, *, n_train: int, batch: int, dev
 
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     model = create_model(model_name, num_classes=10, in_chans=1)
-    step_s = time_train_step(model, batch_size=batch, image_size=28, in_chans=1, num_classes=10,
-                             steps=5, warmup=2, device=dev)["step_s"]
+    step_s = time_train_step(
+        model, batch_size=batch, image_size=28, in_chans=1, num_classes=10, steps=5, warmup=2, device=dev
+    )["step_s"]
     epoch_s = 1.2 * step_s * (n_train // batch)
     return max(1, int(seconds // epoch_s)), epoch_s
 
@@ -86,10 +87,13 @@ def accuracy_pick(done: list[dict], space, out: Path) -> dict | None:
     best = max(ok, key=lambda r: (r["top1"], -r["step_ms"]))
     from effv2.models.spec import ArchSpec
 
-    card = {"name": f"search_{space.name}_trial{best['trial']}_accuracy", **space.card(ArchSpec.from_dict(best["spec"])),
-            "notes": f"accuracy pick of {out}: trial {best['trial']}, proxy top1 {best['top1']:.2f}%, "
-                     f"step {best['step_ms']:.2f} ms (backbone {base['step_ms']:.2f} ms), {best['params']:,} params",
-            "tags": ["searched"]}
+    card = {
+        "name": f"search_{space.name}_trial{best['trial']}_accuracy",
+        **space.card(ArchSpec.from_dict(best["spec"])),
+        "notes": f"accuracy pick of {out}: trial {best['trial']}, proxy top1 {best['top1']:.2f}%, "
+        f"step {best['step_ms']:.2f} ms (backbone {base['step_ms']:.2f} ms), {best['params']:,} params",
+        "tags": ["searched"],
+    }
     (out / "accuracy_pick_spec.json").write_text(json.dumps(card, indent=2) + "\n")
     return best
 
@@ -98,13 +102,23 @@ def _train_once(model: str, run_dir: Path, epochs: int, budget_s: float, args) -
     summary = run_dir / "summary.json"
     if summary.is_file():  # finished earlier: a rerun of the script only records
         return json.loads(summary.read_text())
-    return train(model, "fashion-mnist", run_dir, data_dir=args.data_dir, seed=args.seed, epochs=epochs,
-                 overrides=[f"time_budget_s={budget_s:g}"], quiet=True, device=args.device,
-                 resume=(run_dir / "checkpoints" / "last.safetensors").exists())
+    return train(
+        model,
+        "fashion-mnist",
+        run_dir,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        epochs=epochs,
+        overrides=[f"time_budget_s={budget_s:g}"],
+        quiet=True,
+        device=args.device,
+        resume=(run_dir / "checkpoints" / "last.safetensors").exists(),
+    )
 
 
-def train_for(label: str, model: str, run_dir: Path, budget_s: float, args, n_train: int,
-              epochs: int | None = None) -> dict:
+def train_for(
+    label: str, model: str, run_dir: Path, budget_s: float, args, n_train: int, epochs: int | None = None
+) -> dict:
     """Train with the default recipe for about ``budget_s`` of wall time. Epochs are planned from a
     timed step; when that run finishes below 85% of the budget (small nets pay relatively more
     for data and evaluation than the step estimate says, or less), it was a calibration: the epochs
@@ -123,9 +137,18 @@ def train_for(label: str, model: str, run_dir: Path, budget_s: float, args, n_tr
         plan.append(str(s["epochs"]))  # what the run in that folder trained (a reused one may differ)
     planned = " -> ".join(plan)
     m = create_model(model, num_classes=10, in_chans=1)
-    row = {"label": label, "model": model, "params": count_params(m), "macs": count_macs(m, 28), "epochs": s["epochs"],
-           "planned": planned, "completed": s["completed"], "train_s": s["train_s"], "img_per_s": s["img_per_s"],
-           "test_top1": s.get("test_top1")}
+    row = {
+        "label": label,
+        "model": model,
+        "params": count_params(m),
+        "macs": count_macs(m, 28),
+        "epochs": s["epochs"],
+        "planned": planned,
+        "completed": s["completed"],
+        "train_s": s["train_s"],
+        "img_per_s": s["img_per_s"],
+        "test_top1": s.get("test_top1"),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -133,11 +156,18 @@ def train_for(label: str, model: str, run_dir: Path, budget_s: float, args, n_tr
 def step_measure(args):
     """card -> ms of one training step of the default recipe (batch 256, 1 channel, 10 classes) on
     ``args.device``, timed as the trainer runs (effv2.search.scale.latency_measure)."""
-    from effv2.search.scale import latency_measure
     from effv2.runtime import resolve_device
+    from effv2.search.scale import latency_measure
 
-    return latency_measure(mode="train", batch_size=256, in_chans=1, num_classes=10,
-                           device=str(resolve_device(args.device)), steps=5, warmup=2)
+    return latency_measure(
+        mode="train",
+        batch_size=256,
+        in_chans=1,
+        num_classes=10,
+        device=str(resolve_device(args.device)),
+        steps=5,
+        warmup=2,
+    )
 
 
 def scale_pick(pick: dict, out: Path, budget_s: float, args) -> tuple[Path, int]:
@@ -157,13 +187,24 @@ def scale_pick(pick: dict, out: Path, budget_s: float, args) -> tuple[Path, int]
         card = get_card(str(out / "accuracy_pick_spec.json"))
         pick_ms = measure(card)
         target_ms = pick_ms * (0.95 * budget_s / args.scale_epochs) / pick_epoch_s
-        res = scale_to_target(card, "latency_ms", target_ms, coeffs=Coefficients(alpha=1.0, beta=1.1, gamma=1.0),
-                              limits=ScaleLimits(max_size=28), in_chans=1,
-                              num_classes=10, measure=measure)
+        res = scale_to_target(
+            card,
+            "latency_ms",
+            target_ms,
+            coeffs=Coefficients(alpha=1.0, beta=1.1, gamma=1.0),
+            limits=ScaleLimits(max_size=28),
+            in_chans=1,
+            num_classes=10,
+            measure=measure,
+        )
         d = res.to_dict()
         d["name"] = f"{json.loads((out / 'accuracy_pick_spec.json').read_text())['name']}_scaled"
-        d["scaling"].update(pick_ms=pick_ms, pick_epoch_s=pick_epoch_s, recipe_epochs=args.scale_epochs,
-                            execution=getattr(measure, "execution", None))
+        d["scaling"].update(
+            pick_ms=pick_ms,
+            pick_epoch_s=pick_epoch_s,
+            recipe_epochs=args.scale_epochs,
+            execution=getattr(measure, "execution", None),
+        )
         path.write_text(json.dumps(d, indent=2) + "\n")
     sc = json.loads(path.read_text())["scaling"]
     epochs = max(1, int(0.95 * budget_s / (sc["pick_epoch_s"] * sc["achieved"]["latency_ms"] / sc["pick_ms"])))
@@ -201,24 +242,37 @@ def more_seeds(finals: list[dict], names: list[str], out: Path, budget_s: float,
     from multiprocessing import get_context
 
     arms = [(f, name) for f, name in zip(finals, names) if not args.seed_arms or name in args.seed_arms]
-    jobs = [(f["model"], str(out / "final" / f"{name}-seed{k}"), f["epochs"], budget_s,
-             argparse.Namespace(**{**vars(args), "seed": args.seed + k}), args.threads)
-            for k in range(1, args.seeds) for f, name in arms]
+    jobs = [
+        (
+            f["model"],
+            str(out / "final" / f"{name}-seed{k}"),
+            f["epochs"],
+            budget_s,
+            argparse.Namespace(**{**vars(args), "seed": args.seed + k}),
+            args.threads,
+        )
+        for k in range(1, args.seeds)
+        for f, name in arms
+    ]
     if args.jobs <= 1:
         done = [_seed_run(job) for job in jobs]
     else:
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
             done = list(pool.map(_seed_run, jobs))
     for i, (f, _) in enumerate(arms):
-        runs = [f] + done[i::len(arms)]
+        runs = [f] + done[i :: len(arms)]
         f["seed_top1"] = [r["test_top1"] for r in runs]
         f["seed_epochs"] = [r["epochs"] for r in runs]
         f["seed_train_s"] = [r["train_s"] for r in runs]
         f["seed_completed"] = [bool(r.get("completed", True)) for r in runs]
         f["mean_top1"] = statistics.fmean(f["seed_top1"])
         f["std_top1"] = statistics.stdev(f["seed_top1"])
-        print(json.dumps({"label": f["label"], "seed_top1": f["seed_top1"], "mean": f["mean_top1"],
-                          "std": f["std_top1"]}), flush=True)
+        print(
+            json.dumps(
+                {"label": f["label"], "seed_top1": f["seed_top1"], "mean": f["mean_top1"], "std": f["std_top1"]}
+            ),
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -230,11 +284,17 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--proxy-epochs", type=int, default=3)
-    ap.add_argument("--proxy-time", default=None,
-                    help="equal-time proxy (effv2 search --proxy-time): epochs per trial fit this time, e.g. 60s")
-    ap.add_argument("--first-from", default=None,
-                    help="a finished search folder whose --first-top best architectures (by --first-by) this "
-                         "search trains first: a second stage with a costlier proxy")
+    ap.add_argument(
+        "--proxy-time",
+        default=None,
+        help="equal-time proxy (effv2 search --proxy-time): epochs per trial fit this time, e.g. 60s",
+    )
+    ap.add_argument(
+        "--first-from",
+        default=None,
+        help="a finished search folder whose --first-top best architectures (by --first-by) this "
+        "search trains first: a second stage with a costlier proxy",
+    )
     ap.add_argument("--first-top", type=int, default=8)
     ap.add_argument("--first-by", default="top1", choices=("reward", "top1"))
     ap.add_argument("--proxy-size", type=int, default=20)
@@ -245,21 +305,39 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
-    ap.add_argument("--no-search", action="store_true",
-                    help="use the finished search in --out as it is (no new trials); train and record")
+    ap.add_argument(
+        "--no-search",
+        action="store_true",
+        help="use the finished search in --out as it is (no new trials); train and record",
+    )
     ap.add_argument("--no-accuracy-pick", action="store_true", help="train only the best-reward architecture")
-    ap.add_argument("--finals", type=lambda v: [a for a in v.split(",") if a], default=["found", "accuracy", "scaled", "mini"],
-                    help="which final runs: comma list of found, accuracy, scaled, mini (default all; mini "
-                         "first, the others planned from its run)")
-    ap.add_argument("--scale-epochs", type=int, default=16,
-                    help="also train the accuracy pick width-scaled so that this many epochs of the default "
-                         "recipe fill --train-time (the recipe's own length: 2 stages of 8); 0 skips it")
-    ap.add_argument("--seeds", type=int, default=1,
-                    help="train each final model with this many seeds (the extra ones reuse the planned epochs)")
-    ap.add_argument("--seed-arms", type=lambda v: [a for a in v.split(",") if a], default=[],
-                    help="which final models get the extra seeds: comma list of found, accuracy, scaled, mini (default all)")
-    ap.add_argument("--jobs", type=int, default=1,
-                    help="extra-seed runs side by side (each with --threads threads)")
+    ap.add_argument(
+        "--finals",
+        type=lambda v: [a for a in v.split(",") if a],
+        default=["found", "accuracy", "scaled", "mini"],
+        help="which final runs: comma list of found, accuracy, scaled, mini (default all; mini "
+        "first, the others planned from its run)",
+    )
+    ap.add_argument(
+        "--scale-epochs",
+        type=int,
+        default=16,
+        help="also train the accuracy pick width-scaled so that this many epochs of the default "
+        "recipe fill --train-time (the recipe's own length: 2 stages of 8); 0 skips it",
+    )
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train each final model with this many seeds (the extra ones reuse the planned epochs)",
+    )
+    ap.add_argument(
+        "--seed-arms",
+        type=lambda v: [a for a in v.split(",") if a],
+        default=[],
+        help="which final models get the extra seeds: comma list of found, accuracy, scaled, mini (default all)",
+    )
+    ap.add_argument("--jobs", type=int, default=1, help="extra-seed runs side by side (each with --threads threads)")
     args = ap.parse_args()
     out = Path(args.out)
     trials, search_s = parse_budget(args.search_time)
@@ -271,17 +349,36 @@ def main() -> int:
 
     # 1. the search ------------------------------------------------------------------------------
     space = get_space("mini")
-    evaluate = ProxyEvaluator(data="fashion-mnist", backbone=BACKBONE, data_dir=args.data_dir, epochs=args.proxy_epochs,
-                              image_size=args.proxy_size, train_subset=args.train_subset, val_subset=args.val_subset,
-                              device=args.device, seed=args.seed,
-                              equal_time_s=parse_budget(args.proxy_time)[1] if args.proxy_time else None)
+    evaluate = ProxyEvaluator(
+        data="fashion-mnist",
+        backbone=BACKBONE,
+        data_dir=args.data_dir,
+        epochs=args.proxy_epochs,
+        image_size=args.proxy_size,
+        train_subset=args.train_subset,
+        val_subset=args.val_subset,
+        device=args.device,
+        seed=args.seed,
+        equal_time_s=parse_budget(args.proxy_time)[1] if args.proxy_time else None,
+    )
     print(space.to_table(), flush=True)
     if args.no_search:  # top the study up to what it holds: no new trial
         trials, search_s = sum(t.state.name == "COMPLETE" for t in open_results(out)[0].trials), None
-    result = run_search(space, evaluate, SearchConfig(
-        out_dir=out, trials=trials, time_s=search_s, sampler=args.sampler, seed=args.seed, workers=args.workers,
-        predictor_screen=args.predictor_screen, threads=args.threads,
-        first_specs=best_specs_of(args.first_from, args.first_top, by=args.first_by) if args.first_from else ()))
+    result = run_search(
+        space,
+        evaluate,
+        SearchConfig(
+            out_dir=out,
+            trials=trials,
+            time_s=search_s,
+            sampler=args.sampler,
+            seed=args.seed,
+            workers=args.workers,
+            predictor_screen=args.predictor_screen,
+            threads=args.threads,
+            first_specs=best_specs_of(args.first_from, args.first_top, by=args.first_by) if args.first_from else (),
+        ),
+    )
     if result["best"] is None:
         print("the search finished no trial; nothing to compare", file=sys.stderr)
         return 1
@@ -313,8 +410,9 @@ def main() -> int:
         scaled, scaled_epochs = scale_pick(trained["accuracy"], out, train_s, args)
         label = f"accuracy pick scaled to {args.scale_epochs} epochs"
         picks.insert(len(picks) - ("mini" in wanted), (label, str(scaled), "scaled"))
-        trained["scaled"] = train_for(label, str(scaled), out / "final" / "scaled", train_s, args, n_train,
-                                      epochs=scaled_epochs)
+        trained["scaled"] = train_for(
+            label, str(scaled), out / "final" / "scaled", train_s, args, n_train, epochs=scaled_epochs
+        )
     if "accuracy" not in wanted:
         picks = [p for p in picks if p[2] != "accuracy"]
     finals = [trained[name] for _, _, name in picks]
@@ -332,7 +430,8 @@ def main() -> int:
         f"- machine: {machine(args.device)}; torch {torch.__version__}",
         f"- search: sampler {args.sampler}, {result['complete']} finished trials ({result['failed']} failed), "
         f"{args.workers} worker(s); proxy "
-        f"{'epochs fitting ' + args.proxy_time if args.proxy_time else str(args.proxy_epochs) + ' epochs'} at {args.proxy_size} px on "
+        f"{'epochs fitting ' + args.proxy_time if args.proxy_time else str(args.proxy_epochs) + ' epochs'} "
+        f"at {args.proxy_size} px on "
         f"{args.train_subset} train images, scored on {args.val_subset} val images",
         f"- reward = A * (S / S_backbone)^-0.07 * (P / P_backbone)^-0.05; found: trial {result['best']['trial']} "
         f"`{genotype(found.spec)}` ({best_card['notes']})",
@@ -350,27 +449,48 @@ def main() -> int:
     ]
     if any(f["model"].endswith("accuracy_pick_spec.json") for f in finals):
         pick = get_card(str(out / "accuracy_pick_spec.json"))
-        lines += [f"Accuracy pick ({json.loads((out / 'accuracy_pick_spec.json').read_text())['notes']}):", "",
-                  "```", pick.spec.to_table(), "```", ""]
+        lines += [
+            f"Accuracy pick ({json.loads((out / 'accuracy_pick_spec.json').read_text())['notes']}):",
+            "",
+            "```",
+            pick.spec.to_table(),
+            "```",
+            "",
+        ]
     if (out / "scaled_pick_spec.json").is_file() and any(f["model"].endswith("scaled_pick_spec.json") for f in finals):
         sc = json.loads((out / "scaled_pick_spec.json").read_text())["scaling"]
         scaled = get_card(str(out / "scaled_pick_spec.json"))
-        lines += [f"Accuracy pick scaled ({scaled.notes}; target: a training step of "
-                  f"{sc['value']:.1f} ms at batch 256 = {sc['recipe_epochs']} epochs of {sc['pick_epoch_s']:.1f} s x "
-                  f"{sc['value'] / sc['pick_ms']:.2f} in the budget; measured {sc['achieved']['latency_ms']:.1f} ms vs "
-                  f"the pick's {sc['pick_ms']:.1f} ms):", "", "```", scaled.spec.to_table(), "```", ""]
+        lines += [
+            f"Accuracy pick scaled ({scaled.notes}; target: a training step of "
+            f"{sc['value']:.1f} ms at batch 256 = {sc['recipe_epochs']} epochs of {sc['pick_epoch_s']:.1f} s x "
+            f"{sc['value'] / sc['pick_ms']:.2f} in the budget; measured {sc['achieved']['latency_ms']:.1f} ms vs "
+            f"the pick's {sc['pick_ms']:.1f} ms):",
+            "",
+            "```",
+            scaled.spec.to_table(),
+            "```",
+            "",
+        ]
     if pred:
-        lines += [f"- predictor on held-out trials: " + "; ".join(
-            f"{m}: Spearman {r['spearman']:.3f}, MAE {r['mae']:.2f} ({r['n_test']} test / {r['n_train']} fit)"
-            for m, r in pred.items()), ""]
+        lines += [
+            "- predictor on held-out trials: "
+            + "; ".join(
+                f"{m}: Spearman {r['spearman']:.3f}, MAE {r['mae']:.2f} ({r['n_test']} test / {r['n_train']} fit)"
+                for m, r in pred.items()
+            ),
+            "",
+        ]
     lines += [
         f"Final training, default recipe, {args.train_time} budget each, test split:",
         "",
         "| model | params | MACs @28 px | epochs (planned) | train time (s) | img/s | test top-1 (%) |",
         "|---|---|---|---|---|---|---|",
-        *[f"| {f['label']} | {f['params']:,} | {f['macs'] / 1e6:.1f}M | {f['epochs']} ({f['planned']}) | "
-          f"{f['train_s']:.0f} | {f['img_per_s']:.0f} | "
-          f"{'' if f['test_top1'] is None else format(f['test_top1'], '.2f')} |" for f in finals],
+        *[
+            f"| {f['label']} | {f['params']:,} | {f['macs'] / 1e6:.1f}M | {f['epochs']} ({f['planned']}) | "
+            f"{f['train_s']:.0f} | {f['img_per_s']:.0f} | "
+            f"{'' if f['test_top1'] is None else format(f['test_top1'], '.2f')} |"
+            for f in finals
+        ],
         "",
     ]
     if args.seeds > 1:
@@ -381,11 +501,14 @@ def main() -> int:
             "",
             "| model | test top-1 per seed (%) | mean +- std (%) | epochs per seed | train time per seed (s) |",
             "|---|---|---|---|---|",
-            *[f"| {f['label']} | {', '.join(f'{t:.2f}' for t in f['seed_top1'])} | "
-              f"{f['mean_top1']:.2f} +- {f['std_top1']:.2f} | "
-              f"{', '.join(str(e) + ('' if ok else '*') for e, ok in zip(f['seed_epochs'], f['seed_completed']))} | "
-              f"{', '.join(f'{t:.0f}' for t in f['seed_train_s'])} |"
-              for f in finals if "seed_top1" in f],
+            *[
+                f"| {f['label']} | {', '.join(f'{t:.2f}' for t in f['seed_top1'])} | "
+                f"{f['mean_top1']:.2f} +- {f['std_top1']:.2f} | "
+                f"{', '.join(str(e) + ('' if ok else '*') for e, ok in zip(f['seed_epochs'], f['seed_completed']))} | "
+                f"{', '.join(f'{t:.0f}' for t in f['seed_train_s'])} |"
+                for f in finals
+                if "seed_top1" in f
+            ],
             "",
             "`*`: the budget stopped the run before its planned epochs ended (the machine ran slower than in the "
             "planned run), so its learning rate never reached the end of its schedule.",

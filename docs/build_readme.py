@@ -9,8 +9,19 @@ Keeping the sections in their own files lets each part's owner edit its document
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["00-head", "models", "training", "recipes", "data", "checkpoints", "reliability", "convert", "bench",
-         "search", "99-tail"]
+ORDER = [
+    "00-head",
+    "models",
+    "training",
+    "recipes",
+    "data",
+    "checkpoints",
+    "reliability",
+    "convert",
+    "bench",
+    "search",
+    "99-tail",
+]
 
 
 def main() -> None:

@@ -68,8 +68,19 @@ class Root:
         check_fields(self)
 
 
-KEYS = ["epochs", "mode", "outer", "outer.scale", "outer.inner", "outer.inner.on", "outer.inner.depth",
-        "adv", "adv.enabled", "adv.eps", "adv.pair"]
+KEYS = [
+    "epochs",
+    "mode",
+    "outer",
+    "outer.scale",
+    "outer.inner",
+    "outer.inner.on",
+    "outer.inner.depth",
+    "adv",
+    "adv.enabled",
+    "adv.eps",
+    "adv.pair",
+]
 
 
 def _msg(exc_info) -> str:
@@ -88,19 +99,31 @@ def test_sections_are_found_by_type_and_keys_are_dotted_at_any_depth():
 def test_json_layer_is_coerced_into_a_nested_patch():
     raw = {"adv": {"eps": 1, "pair": [0, 2]}, "epochs": 3, "outer": {"scale": 2, "inner": {"depth": 3}}}
     patch = normalize(Root, raw, "layer.json")
-    assert patch == {"epochs": 3, "adv": {"eps": 1.0, "pair": (0.0, 2.0)},
-                     "outer": {"scale": 2.0, "inner": {"depth": 3}}}
+    assert patch == {
+        "epochs": 3,
+        "adv": {"eps": 1.0, "pair": (0.0, 2.0)},
+        "outer": {"scale": 2.0, "inner": {"depth": 3}},
+    }
     assert list(patch) == ["epochs", "adv", "outer"]  # leaves before sections
     assert isinstance(patch["outer"]["scale"], float)
     assert normalize(Root, {"outer": {}, "adv.eps": 0}, "x") == {"adv": {"eps": 0.0}}  # empty sections vanish
 
 
 def test_set_strings_with_dotted_keys():
-    raw = {"outer.inner.depth": "4", "adv.pair": "[0.5, 0.9]", "mode": "b", "adv": '{"eps": 0.25}',
-           "outer.inner": "true", "outer": '{"inner.on": false}'}
+    raw = {
+        "outer.inner.depth": "4",
+        "adv.pair": "[0.5, 0.9]",
+        "mode": "b",
+        "adv": '{"eps": 0.25}',
+        "outer.inner": "true",
+        "outer": '{"inner.on": false}',
+    }
     patch = normalize(Root, raw, "--set", from_strings=True)
-    assert patch == {"mode": "b", "outer": {"inner": {"depth": 4, "on": False}},
-                     "adv": {"pair": (0.5, 0.9), "eps": 0.25}}
+    assert patch == {
+        "mode": "b",
+        "outer": {"inner": {"depth": 4, "on": False}},
+        "adv": {"pair": (0.5, 0.9), "eps": 0.25},
+    }
 
 
 def test_bool_shorthand_sets_the_declared_field_at_any_depth():
@@ -115,15 +138,20 @@ def test_bool_shorthand_sets_the_declared_field_at_any_depth():
     assert _msg(e) == "recipe key outer.inner: expected true/false or an object, got 3 (x)"
 
 
-@pytest.mark.parametrize("raw, words", [
-    ({"epoch": 1}, ["unknown recipe key 'epoch' (did you mean epochs?)", "valid keys: " + ", ".join(KEYS)]),
-    ({"outer.inner.dept": 1}, ["'outer.inner.dept' (did you mean outer.inner.depth?)",
-                               "valid keys: outer.inner.on, outer.inner.depth"]),
-    ({"outer": {"inner": {"dept": 1}}}, ["'outer.inner.dept' (did you mean outer.inner.depth?)"]),
-    ({"outer.scal": 1}, ["'outer.scal' (did you mean outer.scale?)", "valid keys: " + ", ".join(KEYS[3:7])]),
-    ({"adv.eps.x": 1}, ["'adv.eps.x'", "valid keys: adv.enabled, adv.eps, adv.pair"]),
-    ({"epochs.x": 1}, ["'epochs.x'", "valid keys: " + ", ".join(KEYS)]),
-])
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ({"epoch": 1}, ["unknown recipe key 'epoch' (did you mean epochs?)", "valid keys: " + ", ".join(KEYS)]),
+        (
+            {"outer.inner.dept": 1},
+            ["'outer.inner.dept' (did you mean outer.inner.depth?)", "valid keys: outer.inner.on, outer.inner.depth"],
+        ),
+        ({"outer": {"inner": {"dept": 1}}}, ["'outer.inner.dept' (did you mean outer.inner.depth?)"]),
+        ({"outer.scal": 1}, ["'outer.scal' (did you mean outer.scale?)", "valid keys: " + ", ".join(KEYS[3:7])]),
+        ({"adv.eps.x": 1}, ["'adv.eps.x'", "valid keys: adv.enabled, adv.eps, adv.pair"]),
+        ({"epochs.x": 1}, ["'epochs.x'", "valid keys: " + ", ".join(KEYS)]),
+    ],
+)
 def test_unknown_keys_list_the_keys_of_the_deepest_section_reached(raw, words):
     with pytest.raises(UsageError) as e:
         normalize(Root, raw, "layer.json")
@@ -146,21 +174,43 @@ def test_merge_is_per_key_at_every_depth_and_flatten_names_dotted_keys():
     base = {"epochs": 1, "outer": {"scale": 2.0, "inner": {"on": True}}}
     patch = {"outer": {"inner": {"depth": 3}}, "adv": {"pair": (0.1, 0.2)}, "mode": "b"}
     merged = merge(base, patch)
-    assert merged == {"epochs": 1, "mode": "b", "outer": {"scale": 2.0, "inner": {"on": True, "depth": 3}},
-                      "adv": {"pair": (0.1, 0.2)}}
+    assert merged == {
+        "epochs": 1,
+        "mode": "b",
+        "outer": {"scale": 2.0, "inner": {"on": True, "depth": 3}},
+        "adv": {"pair": (0.1, 0.2)},
+    }
     assert base == {"epochs": 1, "outer": {"scale": 2.0, "inner": {"on": True}}}  # inputs untouched
-    assert flatten(merged) == {"epochs": 1, "mode": "b", "outer.scale": 2.0, "outer.inner.on": True,
-                               "outer.inner.depth": 3, "adv.pair": [0.1, 0.2]}
-    assert list(flatten(to_dict(Root()))) == ["epochs", "mode", "outer.scale", "outer.inner.on", "outer.inner.depth",
-                                              "adv.enabled", "adv.eps", "adv.pair"]
+    assert flatten(merged) == {
+        "epochs": 1,
+        "mode": "b",
+        "outer.scale": 2.0,
+        "outer.inner.on": True,
+        "outer.inner.depth": 3,
+        "adv.pair": [0.1, 0.2],
+    }
+    assert list(flatten(to_dict(Root()))) == [
+        "epochs",
+        "mode",
+        "outer.scale",
+        "outer.inner.on",
+        "outer.inner.depth",
+        "adv.enabled",
+        "adv.eps",
+        "adv.pair",
+    ]
 
 
 def test_build_to_dict_and_from_dict_round_trip():
     root = from_dict(Root, {"outer.inner": True, "adv": {"pair": [0, 1]}, "epochs": 2}, where="x")
     assert root == Root(epochs=2, outer=Outer(inner=Inner(on=True)), adv=Adv(pair=(0.0, 1.0)))
     d = to_dict(root)
-    assert d == {"epochs": 2, "outer": {"scale": 1.0, "inner": {"on": True, "depth": 1}}, "mode": "a",
-                 "adv": {"enabled": False, "eps": 0.0, "pair": [0.0, 1.0]}}
+    assert d == {
+        "epochs": 2,
+        "outer": {"scale": 1.0, "inner": {"on": True, "depth": 1}},
+        "mode": "a",
+        "adv": {"enabled": False, "eps": 0.0, "pair": [0.0, 1.0]},
+    }
     assert from_dict(Root, d, where="x") == root
     assert build(Root, {}) == Root()
 

@@ -14,14 +14,16 @@ from effv2.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CTX = dict(batch_size=8, image_size=16, randaug_magnitude=9.0, mixup_alpha=0.2, cutmix_alpha=1.0,
-           num_classes=10, seed=7)
+CTX = dict(
+    batch_size=8, image_size=16, randaug_magnitude=9.0, mixup_alpha=0.2, cutmix_alpha=1.0, num_classes=10, seed=7
+)
 
 
 def _images(n: int, seed: int) -> TensorImageSet:
     g = torch.Generator().manual_seed(seed)
-    return TensorImageSet(torch.randint(0, 256, (n, 1, 16, 16), dtype=torch.uint8, generator=g),
-                          torch.randint(0, 10, (n,), generator=g))
+    return TensorImageSet(
+        torch.randint(0, 256, (n, 1, 16, 16), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +41,13 @@ def _ctx(**kw) -> StepContext:
 
 
 def _equal(a, b) -> bool:
-    return (a.x.shape == b.x.shape and torch.equal(a.x, b.x) and a.y.dtype == b.y.dtype and torch.equal(a.y, b.y)
-            and torch.equal(a.index, b.index))
+    return (
+        a.x.shape == b.x.shape
+        and torch.equal(a.x, b.x)
+        and a.y.dtype == b.y.dtype
+        and torch.equal(a.y, b.y)
+        and torch.equal(a.index, b.index)
+    )
 
 
 def _steps(streams, ctx, epoch, start_batch=0) -> list[dict]:
@@ -51,8 +58,19 @@ def test_one_stream_is_exactly_train_batches(labelled):
     ctx = _ctx()
     for epoch in (0, 3):
         steps = _steps([Stream(PRIMARY, labelled)], ctx, epoch)
-        ref = list(train_batches(labelled, batch_size=8, image_size=16, randaug_magnitude=9.0, mixup_alpha=0.2,
-                                 cutmix_alpha=1.0, num_classes=10, seed=7, epoch=epoch))
+        ref = list(
+            train_batches(
+                labelled,
+                batch_size=8,
+                image_size=16,
+                randaug_magnitude=9.0,
+                mixup_alpha=0.2,
+                cutmix_alpha=1.0,
+                num_classes=10,
+                seed=7,
+                epoch=epoch,
+            )
+        )
         assert len(steps) == len(ref) == 5
         for s, r in zip(steps, ref):
             assert list(s) == [PRIMARY]
@@ -91,9 +109,22 @@ def test_a_second_stream_is_deterministic_cycles_its_own_epochs_and_resumes(labe
     sub_seed = derive_seed(7, "stream", "unlabelled")
     for b, s in enumerate(full):
         own_epoch, own_batch = divmod(epoch * 5 + b, 2)
-        ref = next(iter(train_batches(unlabelled, batch_size=8, image_size=16, randaug_magnitude=9.0,
-                                      mixup_alpha=0.2, cutmix_alpha=1.0, num_classes=10, seed=sub_seed,
-                                      epoch=own_epoch, start_batch=own_batch)))
+        ref = next(
+            iter(
+                train_batches(
+                    unlabelled,
+                    batch_size=8,
+                    image_size=16,
+                    randaug_magnitude=9.0,
+                    mixup_alpha=0.2,
+                    cutmix_alpha=1.0,
+                    num_classes=10,
+                    seed=sub_seed,
+                    epoch=own_epoch,
+                    start_batch=own_batch,
+                )
+            )
+        )
         assert _equal(s["unlabelled"], ref), b
     # across its epoch boundary the second stream reshuffles: batch 0 of its epochs 3 and 4 differ
     assert full[1]["unlabelled"].index.tolist() != full[3]["unlabelled"].index.tolist()
@@ -108,8 +139,22 @@ def test_a_second_stream_is_deterministic_cycles_its_own_epochs_and_resumes(labe
 
     # the next primary epoch continues the second stream's cycle where this one ended (g = 10 -> its epoch 5)
     nxt = _steps(streams, ctx, epoch + 1, start_batch=0)
-    ref = next(iter(train_batches(unlabelled, batch_size=8, image_size=16, randaug_magnitude=9.0, mixup_alpha=0.2,
-                                  cutmix_alpha=1.0, num_classes=10, seed=sub_seed, epoch=5, start_batch=0)))
+    ref = next(
+        iter(
+            train_batches(
+                unlabelled,
+                batch_size=8,
+                image_size=16,
+                randaug_magnitude=9.0,
+                mixup_alpha=0.2,
+                cutmix_alpha=1.0,
+                num_classes=10,
+                seed=sub_seed,
+                epoch=5,
+                start_batch=0,
+            )
+        )
+    )
     assert _equal(nxt[0]["unlabelled"], ref)
 
 
@@ -126,9 +171,22 @@ def test_a_stream_without_mixing_or_randaugment_gives_hard_labels(labelled, unla
         assert w.y.dtype == torch.int64 and w.y.shape == (8,)
         assert torch.equal(w.y, unlabelled.labels[w.index])  # the images' own labels
         own_epoch, own_batch = divmod(b, 2)
-        ref = next(iter(train_batches(unlabelled, batch_size=8, image_size=16, randaug_magnitude=0.0,
-                                      mixup_alpha=0.0, cutmix_alpha=0.0, num_classes=10, seed=sub_seed,
-                                      epoch=own_epoch, start_batch=own_batch)))
+        ref = next(
+            iter(
+                train_batches(
+                    unlabelled,
+                    batch_size=8,
+                    image_size=16,
+                    randaug_magnitude=0.0,
+                    mixup_alpha=0.0,
+                    cutmix_alpha=0.0,
+                    num_classes=10,
+                    seed=sub_seed,
+                    epoch=own_epoch,
+                    start_batch=own_batch,
+                )
+            )
+        )
         assert _equal(w, ref), b  # exactly the un-augmented (crop/flip only) batches
 
 

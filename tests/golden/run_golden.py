@@ -20,18 +20,32 @@ from safetensors import safe_open
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "pico_progressive.json"
 SHARED = HERE.parents[2] / "shared" / "data" / "fashion-mnist"
-OVERRIDES = ["epochs=3", "batch_size=32", "eval_batch_size=64", "progressive.n_stages=3", "progressive.min_size=16",
-             "progressive.max_size=24", "eval_size=24", "amp=none", "channels_last=false", "ema_decay=0.9",
-             "num_workers=0", "progressive.randaug_max=6", "progressive.mixup_max=0.2", "seed=3",
-             "warmup_epochs=1", "grad_clip=5"]
+OVERRIDES = [
+    "epochs=3",
+    "batch_size=32",
+    "eval_batch_size=64",
+    "progressive.n_stages=3",
+    "progressive.min_size=16",
+    "progressive.max_size=24",
+    "eval_size=24",
+    "amp=none",
+    "channels_last=false",
+    "ema_decay=0.9",
+    "num_workers=0",
+    "progressive.randaug_max=6",
+    "progressive.mixup_max=0.2",
+    "seed=3",
+    "warmup_epochs=1",
+    "grad_clip=5",
+]
 WALL_KEYS = {"wall_s"}
 
 
 def _idx(path: Path) -> torch.Tensor:
     b = gzip.open(path).read()
     nd = b[3]
-    dims = [int.from_bytes(b[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
-    return torch.frombuffer(bytearray(b[4 + 4 * nd:]), dtype=torch.uint8).view(*dims)
+    dims = [int.from_bytes(b[4 + 4 * i : 8 + 4 * i], "big") for i in range(nd)]
+    return torch.frombuffer(bytearray(b[4 + 4 * nd :]), dtype=torch.uint8).view(*dims)
 
 
 def write_subset(dst: Path, src: Path = SHARED) -> Path:
@@ -77,8 +91,15 @@ def run_golden(tmp: Path) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train("efficientnetv2_pico", "fashion-mnist", tmp / "run", data_dir=str(data), overrides=OVERRIDES,
-              deterministic=True, quiet=True)
+        train(
+            "efficientnetv2_pico",
+            "fashion-mnist",
+            tmp / "run",
+            data_dir=str(data),
+            overrides=OVERRIDES,
+            deterministic=True,
+            quiet=True,
+        )
     finally:
         torch.set_num_threads(threads)
     return fingerprint(tmp / "run")
@@ -90,6 +111,10 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as d:
         fp = run_golden(Path(d))
     if "--write" in sys.argv:
-        GOLDEN.write_text(json.dumps({"recorded_with": {"cpu_flags": isa_flags(), "torch": torch.__version__,
-                                                        "threads": 1}, **fp}, indent=1) + "\n")
+        GOLDEN.write_text(
+            json.dumps(
+                {"recorded_with": {"cpu_flags": isa_flags(), "torch": torch.__version__, "threads": 1}, **fp}, indent=1
+            )
+            + "\n"
+        )
     print(json.dumps(fp["sha256"], indent=1))

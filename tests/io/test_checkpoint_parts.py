@@ -64,8 +64,13 @@ def _snapshot(obj) -> dict:
 def _same(a, b) -> bool:
     """Exact equality of nested state_dicts: tensors bitwise (and same dtype), the rest by ==."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
-                and a.shape == b.shape and torch.equal(a, b))
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a, b)
+        )
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -229,8 +234,13 @@ def test_a_version_1_checkpoint_names_the_parts_it_cannot_have(tmp_path):
     save_checkpoint(v2, {"model": model, "ema": ema, "optim": opt}, state={})
     _rewrite_as_v1(v2, v1)
     model2, ema2, opt2 = _fresh()
-    parts = {"model": model2, "ema": ema2, "optim": opt2, "scaler": torch.amp.GradScaler("cpu"),
-             "task": StatelessTask(model2)}
+    parts = {
+        "model": model2,
+        "ema": ema2,
+        "optim": opt2,
+        "scaler": torch.amp.GradScaler("cpu"),
+        "task": StatelessTask(model2),
+    }
     with pytest.raises(UsageError, match="no 'scaler' state"):
         load_checkpoint(v1, parts, restore_rng_state=False)
     load_checkpoint(v1, parts, restore_rng_state=False, optional=("scaler",))
@@ -259,15 +269,18 @@ class HalfState:
         return {}
 
 
-@pytest.mark.parametrize("parts, message", [
-    ({"model": None, "thing": NoState()}, "must have state_dict() and load_state_dict(), got NoState"),
-    ({"thing": HalfState()}, "got HalfState"),
-    ({"rng": torch.amp.GradScaler("cpu")}, "part name 'rng'"),
-    ({"extra": torch.amp.GradScaler("cpu")}, "part name 'extra'"),
-    ({"wrapper": nn.Linear(2, 2)}, "part name 'wrapper'"),
-    ({"Bad-Name": nn.Linear(2, 2)}, "part name 'Bad-Name'"),
-    ({"9lives": nn.Linear(2, 2)}, "part name '9lives'"),
-])
+@pytest.mark.parametrize(
+    "parts, message",
+    [
+        ({"model": None, "thing": NoState()}, "must have state_dict() and load_state_dict(), got NoState"),
+        ({"thing": HalfState()}, "got HalfState"),
+        ({"rng": torch.amp.GradScaler("cpu")}, "part name 'rng'"),
+        ({"extra": torch.amp.GradScaler("cpu")}, "part name 'extra'"),
+        ({"wrapper": nn.Linear(2, 2)}, "part name 'wrapper'"),
+        ({"Bad-Name": nn.Linear(2, 2)}, "part name 'Bad-Name'"),
+        ({"9lives": nn.Linear(2, 2)}, "part name '9lives'"),
+    ],
+)
 def test_bad_parts_are_refused_before_any_file_is_written(tmp_path, parts, message):
     path = tmp_path / "run" / "c.safetensors"
     with pytest.raises(UsageError) as info:
@@ -292,8 +305,9 @@ def test_a_refused_load_leaves_every_part_and_the_rng_unchanged(tmp_path):
     task = CountingTask(model)
     task.steps.fill_(5)
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, {"model": model, "ema": ema, "task": task, "scaler": _scaler_after_steps(),
-                           "optim": opt}, state={})
+    save_checkpoint(
+        path, {"model": model, "ema": ema, "task": task, "scaler": _scaler_after_steps(), "optim": opt}, state={}
+    )
 
     model2, ema2, _ = _fresh()
     sgd = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)  # another optimizer class

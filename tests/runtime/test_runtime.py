@@ -46,8 +46,11 @@ def test_mps_without_mps_is_a_usage_error():
 
 
 def _flags():
-    return (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.benchmark)
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
 
 
 @pytest.fixture
@@ -127,8 +130,7 @@ def test_resolve_runtime_fields():
     rt = resolve_runtime("auto", amp="none", channels_last=False)
     assert rt == Runtime(device=torch.device("cpu"), amp="none", channels_last=False, compile=False, dist=Dist())
     assert rt.amp_dtype is None and rt.dist.enabled is False and rt.dist.is_main is True
-    assert rt.describe() == {"device": "cpu", "amp": "none", "channels_last": False, "compile": False,
-                             "world_size": 1}
+    assert rt.describe() == {"device": "cpu", "amp": "none", "channels_last": False, "compile": False, "world_size": 1}
     rt = resolve_runtime("cpu", amp="bf16", channels_last=True, compile=True)
     assert (rt.amp, rt.amp_dtype, rt.channels_last, rt.compile) == ("bf16", torch.bfloat16, True, True)
     x = torch.zeros(2, 3, 4, 4)

@@ -59,11 +59,18 @@ def test_ema_follows_the_warm_up_rule_on_parameters_and_bn_stats(k):
     floats = [(n, t) for n, t in [*inner.named_parameters(), *inner.named_buffers()] if t.is_floating_point()]
     # weights, biases, BN affine and BN running_mean / running_var all follow the same average
     names = [n for n, _ in floats]
-    assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "2.bias", "1.running_mean",
-                     "1.running_var"]
+    assert names == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "2.weight",
+        "2.bias",
+        "1.running_mean",
+        "1.running_var",
+    ]
     for i, (name, t) in enumerate(floats):
-        torch.testing.assert_close(t, torch.full_like(t, EXPECTED[k - 1] + 100 * i), rtol=1e-6, atol=1e-5,
-                                   msg=name)
+        torch.testing.assert_close(t, torch.full_like(t, EXPECTED[k - 1] + 100 * i), rtol=1e-6, atol=1e-5, msg=name)
     # integer buffers are not averaged: they are the model's
     assert inner[1].num_batches_tracked.dtype == torch.int64
     assert int(inner[1].num_batches_tracked) == 7 * k

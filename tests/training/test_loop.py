@@ -9,12 +9,12 @@ import math
 import torch
 from torch import nn
 
+from effv2.config import recipe_from_dict
 from effv2.data.imagesets import TensorImageSet
 from effv2.data.sources import DataBundle
 from effv2.data.streams import train_steps
 from effv2.runtime import Runtime
 from effv2.training.build import build_parts
-from effv2.config import recipe_from_dict
 from effv2.training.step import TrainStep
 from effv2.training.tasks import Task
 from effv2.training.trainer import RunInfo, Trainer
@@ -50,19 +50,44 @@ def _bundle(n=64, size=8) -> DataBundle:
 
 
 def _trainer(tmp_path, task_factory, **recipe):
-    rec = recipe_from_dict({"epochs": 2, "batch_size": 16, "eval_batch_size": 32, "lr": 2.0, "ema_decay": 0,
-                            "label_smoothing": 0, "progressive": {"n_stages": 2, "min_size": 6, "max_size": 8,
-                                                                  "randaug_min": 0, "randaug_max": 0, "dropout_min": 0, "dropout_max": 0,
-                                                                  "drop_path_max": 0}, **recipe})
+    rec = recipe_from_dict(
+        {
+            "epochs": 2,
+            "batch_size": 16,
+            "eval_batch_size": 32,
+            "lr": 2.0,
+            "ema_decay": 0,
+            "label_smoothing": 0,
+            "progressive": {
+                "n_stages": 2,
+                "min_size": 6,
+                "max_size": 8,
+                "randaug_min": 0,
+                "randaug_max": 0,
+                "dropout_min": 0,
+                "dropout_max": 0,
+                "drop_path_max": 0,
+            },
+            **recipe,
+        }
+    )
     torch.manual_seed(0)
     model = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16, 4))
     runtime = Runtime()
     parts = build_parts(rec, model, runtime, bundle=_bundle())
     parts.task = task_factory(model)
-    info = RunInfo(model_name="fake", classes=["a", "b", "c", "d"], in_chans=1, train_size=8, eval_size=8,
-                   mean=(0.5,), std=(0.5,), dropout=0.0, drop_path=0.0)
-    return Trainer(recipe=rec, parts=parts, bundle=_bundle(), info=info, runtime=runtime, out_dir=tmp_path,
-                   quiet=True)
+    info = RunInfo(
+        model_name="fake",
+        classes=["a", "b", "c", "d"],
+        in_chans=1,
+        train_size=8,
+        eval_size=8,
+        mean=(0.5,),
+        std=(0.5,),
+        dropout=0.0,
+        drop_path=0.0,
+    )
+    return Trainer(recipe=rec, parts=parts, bundle=_bundle(), info=info, runtime=runtime, out_dir=tmp_path, quiet=True)
 
 
 def test_loop_logs_the_tasks_parts_and_calls_its_hooks(tmp_path):

@@ -19,9 +19,21 @@ import run_golden  # noqa: E402
 
 PLUGIN = HERE / "two_loss_task.py"
 FAULT_RUN = HERE.parent / "fault_run.py"
-SETS = ["epochs=2", "batch_size=32", "eval_batch_size=64", "progressive.n_stages=2", "progressive.min_size=16",
-        "progressive.max_size=24", "eval_size=24", "amp=none", "ema_decay=0.9", "num_workers=0",
-        "deterministic=true", "checkpoint_every_steps=3", "task=two_loss"]
+SETS = [
+    "epochs=2",
+    "batch_size=32",
+    "eval_batch_size=64",
+    "progressive.n_stages=2",
+    "progressive.min_size=16",
+    "progressive.max_size=24",
+    "eval_size=24",
+    "amp=none",
+    "ema_decay=0.9",
+    "num_workers=0",
+    "deterministic=true",
+    "checkpoint_every_steps=3",
+    "task=two_loss",
+]
 
 pytestmark = pytest.mark.skipif(not run_golden.SHARED.is_dir(), reason="shared Fashion-MNIST not available")
 
@@ -32,8 +44,18 @@ def _run(data: Path, out: Path, kill_at: int | None = None, resume: bool = False
     if resume:
         cmd += ["train", "--resume", str(out), "--quiet"]
     else:
-        cmd += ["train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist", "--data-dir", str(data),
-                "--out", str(out), "--quiet"]
+        cmd += [
+            "train",
+            "--model",
+            "efficientnetv2_pico",
+            "--data",
+            "fashion-mnist",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
         for s in SETS:
             cmd += ["--set", s]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})

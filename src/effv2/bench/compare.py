@@ -72,22 +72,30 @@ def library_available(library: str) -> bool:
     return importlib.util.find_spec(library) is not None
 
 
-def build_reference(ref: Reference, *, num_classes: int, in_chans: int, drop_rate: float,
-                    drop_path_rate: float) -> nn.Module:
+def build_reference(
+    ref: Reference, *, num_classes: int, in_chans: int, drop_rate: float, drop_path_rate: float
+) -> nn.Module:
     """The reference model with the same classifier width and regularisation as the effv2 model."""
     if not library_available(ref.library):
         raise UsageError(f"--compare {ref.library}: the package is not installed (pip install {ref.library})")
     if ref.library == "timm":
         import timm
 
-        return timm.create_model(ref.name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                                 drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+        return timm.create_model(
+            ref.name,
+            pretrained=False,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate,
+        )
     import torchvision
 
     if in_chans != 3:
         raise UsageError(f"--compare torchvision: {ref.name} takes 3 input channels, not {in_chans}")
-    return getattr(torchvision.models, ref.name)(weights=None, num_classes=num_classes, dropout=drop_rate,
-                                                 stochastic_depth_prob=drop_path_rate)
+    return getattr(torchvision.models, ref.name)(
+        weights=None, num_classes=num_classes, dropout=drop_rate, stochastic_depth_prob=drop_path_rate
+    )
 
 
 def copy_weights(src: nn.Module, dst: nn.Module) -> None:
@@ -99,12 +107,20 @@ def copy_weights(src: nn.Module, dst: nn.Module) -> None:
 
 
 @torch.no_grad()
-def check_same_logits(model_name: str, effv2_model: nn.Module, ref: Reference, ref_model: nn.Module, *,
-                      image_size: int, in_chans: int, num_classes: int, rtol: float = 1e-4) -> dict[str, Any]:
+def check_same_logits(
+    model_name: str,
+    effv2_model: nn.Module,
+    ref: Reference,
+    ref_model: nn.Module,
+    *,
+    image_size: int,
+    in_chans: int,
+    num_classes: int,
+    rtol: float = 1e-4,
+) -> dict[str, Any]:
     """Build an effv2 twin with the reference's padding and BN eps, load ``effv2_model``'s weights,
     and compare its logits with ``ref_model``'s on a seeded batch (fp32, eval). Raises on mismatch."""
-    twin = create_model(model_name, num_classes=num_classes, in_chans=in_chans,
-                        padding=ref.padding, bn_eps=ref.bn_eps)
+    twin = create_model(model_name, num_classes=num_classes, in_chans=in_chans, padding=ref.padding, bn_eps=ref.bn_eps)
     twin.load_state_dict(effv2_model.state_dict())
     twin.eval()
     was_training = ref_model.training
@@ -117,8 +133,10 @@ def check_same_logits(model_name: str, effv2_model: nn.Module, ref: Reference, r
         raise RuntimeError(f"compare: logits shapes differ ({checked}): {tuple(a.shape)} vs {tuple(b.shape)}")
     diff, scale = float((a - b).abs().max()), float(a.abs().max())
     if diff > rtol * scale + 1e-7:
-        raise RuntimeError(f"compare: logits differ after weight transfer ({checked}): max |diff| {diff:.3g}, "
-                           f"max |logit| {scale:.3g}; the architectures are not the same")
+        raise RuntimeError(
+            f"compare: logits differ after weight transfer ({checked}): max |diff| {diff:.3g}, "
+            f"max |logit| {scale:.3g}; the architectures are not the same"
+        )
     return {"checked": checked, "max_abs_diff": diff, "max_abs_logit": scale}
 
 
@@ -222,14 +240,20 @@ def resolve_settings(cfg: BenchConfig, device: torch.device) -> tuple[Settings, 
     from .machine import fast_defaults
 
     fast = fast_defaults(device, batch_size=cfg.batch_size)
-    chosen = {"amp": None if cfg.amp == "auto" else cfg.amp, "channels_last": cfg.channels_last,
-              "compile": cfg.compile, "fold_bn": cfg.fold_bn}
+    chosen = {
+        "amp": None if cfg.amp == "auto" else cfg.amp,
+        "channels_last": cfg.channels_last,
+        "compile": cfg.compile,
+        "fold_bn": cfg.fold_bn,
+    }
     source = {k: ("flag" if v is not None else f"fast_defaults({device.type})") for k, v in chosen.items()}
     fast_fold = fast["fold_bn_infer"] and cfg.mode == "infer"
-    settings = Settings(amp=chosen["amp"] if chosen["amp"] is not None else fast["amp"],
-                        channels_last=fast["channels_last"] if cfg.channels_last is None else cfg.channels_last,
-                        compile=fast["compile"] if cfg.compile is None else cfg.compile,
-                        fold_bn=fast_fold if cfg.fold_bn is None else cfg.fold_bn)
+    settings = Settings(
+        amp=chosen["amp"] if chosen["amp"] is not None else fast["amp"],
+        channels_last=fast["channels_last"] if cfg.channels_last is None else cfg.channels_last,
+        compile=fast["compile"] if cfg.compile is None else cfg.compile,
+        fold_bn=fast_fold if cfg.fold_bn is None else cfg.fold_bn,
+    )
     if cfg.mode == "train":
         source["fold_bn"] = "n/a in train mode"
     return settings, source
@@ -243,11 +267,18 @@ def make_step(model: nn.Module, s: Settings, cfg: BenchConfig, in_chans: int, de
 
     if cfg.mode == "infer" and s.fold_bn:
         model = fold_bn(model, inplace=True)
-    common = dict(batch_size=cfg.batch_size, image_size=cfg.image_size, in_chans=in_chans, amp=s.amp,
-                  channels_last=s.channels_last, device=dev)
+    common = dict(
+        batch_size=cfg.batch_size,
+        image_size=cfg.image_size,
+        in_chans=in_chans,
+        amp=s.amp,
+        channels_last=s.channels_last,
+        device=dev,
+    )
     if cfg.mode == "train":  # the trainer's own step; its runtime compiles the forward when asked
-        return build_train_step(model, num_classes=cfg.num_classes, optimizer=cfg.optimizer, compile=s.compile,
-                                **common)
+        return build_train_step(
+            model, num_classes=cfg.num_classes, optimizer=cfg.optimizer, compile=s.compile, **common
+        )
     model.to(dev)
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -280,17 +311,25 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     variants: list[tuple[str, str, str, nn.Module, Settings]] = []  # (key, library, model name, model, settings)
     checks: dict[str, Any] = {}
     for ref in refs:
-        ref_model = build_reference(ref, num_classes=cfg.num_classes, in_chans=in_chans,
-                                    drop_rate=card.dropout, drop_path_rate=card.drop_path)
+        ref_model = build_reference(
+            ref, num_classes=cfg.num_classes, in_chans=in_chans, drop_rate=card.dropout, drop_path_rate=card.drop_path
+        )
         copy_weights(model, ref_model)
         # Parity does not depend on the size; cap it so the fp32 CPU check stays fast for XL at 512 px.
-        checks[ref.library] = check_same_logits(cfg.model, model, ref, ref_model,
-                                                image_size=min(cfg.image_size, 128), in_chans=in_chans,
-                                                num_classes=cfg.num_classes)
+        checks[ref.library] = check_same_logits(
+            cfg.model,
+            model,
+            ref,
+            ref_model,
+            image_size=min(cfg.image_size, 128),
+            in_chans=in_chans,
+            num_classes=cfg.num_classes,
+        )
         variants.append((f"{ref.library} defaults", ref.library, ref.name, ref_model, PLAIN))
         if settings != PLAIN:
-            variants.append((f"{ref.library} same flags", ref.library, ref.name, clone_for_variant(ref_model),
-                             settings))
+            variants.append(
+                (f"{ref.library} same flags", ref.library, ref.name, clone_for_variant(ref_model), settings)
+            )
         else:
             notes.append(f"effv2 runs {PLAIN.describe()}, so '{ref.library} same flags' = '{ref.library} defaults'")
     padding = cfg.padding or card.spec.padding
@@ -305,19 +344,49 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         peak, how = peak_flops(dev, s.amp)
         achieved = flop_per_img * t["img_per_s"]
         first = t["warmup_s"][0] if t["warmup_s"] else None
-        results.append({"variant": key, "library": lib, "model": name, "settings": s.describe(),
-                        "step_s": t["step_s"], "img_per_s": t["img_per_s"], "flop_per_s": achieved,
-                        "peak_flop_per_s": peak, "peak_share": achieved / peak if peak else None, "peak_how": how,
-                        "first_step_s": first, "all_step_s": t["all_step_s"]})
+        results.append(
+            {
+                "variant": key,
+                "library": lib,
+                "model": name,
+                "settings": s.describe(),
+                "step_s": t["step_s"],
+                "img_per_s": t["img_per_s"],
+                "flop_per_s": achieved,
+                "peak_flop_per_s": peak,
+                "peak_share": achieved / peak if peak else None,
+                "peak_how": how,
+                "first_step_s": first,
+                "all_step_s": t["all_step_s"],
+            }
+        )
     base = results[0]["img_per_s"]
     ratios = {f"effv2 / {r['variant']}": base / r["img_per_s"] for r in results[1:]}
-    return {"model": cfg.model, "mode": cfg.mode, "image_size": cfg.image_size, "batch_size": cfg.batch_size,
-            "in_chans": in_chans, "num_classes": cfg.num_classes, "steps": cfg.steps, "warmup": cfg.warmup,
-            "optimizer": cfg.optimizer if cfg.mode == "train" else None,
-            "effv2_settings": {"amp": settings.amp, "channels_last": settings.channels_last,
-                               "compile": settings.compile, "fold_bn": settings.fold_bn, "padding": padding},
-            "settings_source": source, "macs_per_img": macs, "flop_per_img": flop_per_img,
-            "flop_note": "FLOPs = 2 x MACs (torch.utils.flop_counter, convs and matmuls); "
-                         + ("train step = 3 x forward" if cfg.mode == "train" else "forward only"),
-            "results": results, "ratios": ratios, "logit_check": checks, "notes": notes,
-            "machine": describe(dev)}
+    return {
+        "model": cfg.model,
+        "mode": cfg.mode,
+        "image_size": cfg.image_size,
+        "batch_size": cfg.batch_size,
+        "in_chans": in_chans,
+        "num_classes": cfg.num_classes,
+        "steps": cfg.steps,
+        "warmup": cfg.warmup,
+        "optimizer": cfg.optimizer if cfg.mode == "train" else None,
+        "effv2_settings": {
+            "amp": settings.amp,
+            "channels_last": settings.channels_last,
+            "compile": settings.compile,
+            "fold_bn": settings.fold_bn,
+            "padding": padding,
+        },
+        "settings_source": source,
+        "macs_per_img": macs,
+        "flop_per_img": flop_per_img,
+        "flop_note": "FLOPs = 2 x MACs (torch.utils.flop_counter, convs and matmuls); "
+        + ("train step = 3 x forward" if cfg.mode == "train" else "forward only"),
+        "results": results,
+        "ratios": ratios,
+        "logit_check": checks,
+        "notes": notes,
+        "machine": describe(dev),
+    }

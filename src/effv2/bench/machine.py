@@ -46,14 +46,20 @@ from ..runtime import resolve_device
 
 # FLOPs per cycle per core, best first within each precision: (flag, flops, reason).
 _CPU_RATES: dict[str, tuple[tuple[str, int, str], ...]] = {
-    "fp32": (("avx512f", 64, "avx512f: 16 lanes x 2 (FMA) x {u} FMA units"),
-             ("avx2", 32, "avx2+fma: 8 lanes x 2 (FMA) x {u} FMA units"),
-             ("avx", 16, "avx: 8 lanes x (1 add + 1 mul)"),
-             ("sse2", 8, "sse2: 4 lanes x (1 add + 1 mul)")),
-    "bf16": (("amx_bf16", 1024, "amx_bf16: AMX TMUL 1024 bf16 FLOP/cycle"),
-             ("avx512_bf16", 128, "avx512_bf16: VDPBF16PS 16 lanes x 2 pairs x 2 x {u} units")),
-    "fp16": (("amx_fp16", 1024, "amx_fp16: AMX TMUL 1024 fp16 FLOP/cycle"),
-             ("avx512_fp16", 128, "avx512_fp16: 32 lanes x 2 (FMA) x {u} units")),
+    "fp32": (
+        ("avx512f", 64, "avx512f: 16 lanes x 2 (FMA) x {u} FMA units"),
+        ("avx2", 32, "avx2+fma: 8 lanes x 2 (FMA) x {u} FMA units"),
+        ("avx", 16, "avx: 8 lanes x (1 add + 1 mul)"),
+        ("sse2", 8, "sse2: 4 lanes x (1 add + 1 mul)"),
+    ),
+    "bf16": (
+        ("amx_bf16", 1024, "amx_bf16: AMX TMUL 1024 bf16 FLOP/cycle"),
+        ("avx512_bf16", 128, "avx512_bf16: VDPBF16PS 16 lanes x 2 pairs x 2 x {u} units"),
+    ),
+    "fp16": (
+        ("amx_fp16", 1024, "amx_fp16: AMX TMUL 1024 fp16 FLOP/cycle"),
+        ("avx512_fp16", 128, "avx512_fp16: 32 lanes x 2 (FMA) x {u} units"),
+    ),
 }
 
 # NVIDIA datasheets, dense TFLOP/s: (name pattern, fp32 CUDA cores, tf32, bf16, fp16). Order matters:
@@ -75,8 +81,7 @@ _CUDA_TABLE: tuple[tuple[str, float, float | None, float | None, float], ...] = 
 
 def _run(cmd: list[str]) -> str:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=10,
-                              env={**os.environ, "LC_ALL": "C"}).stdout
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"}).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -119,9 +124,17 @@ def _cpu_info() -> dict[str, Any]:
         mhz, source = None, "no clock reported"
     vendor = fields.get("Vendor ID") or first(r"^vendor_id\s*:(.*)$") or ""
     family = fields.get("CPU family") or first(r"^cpu family\s*:(.*)$") or ""
-    return {"model_name": model, "cores": cores, "logical_cpus": usable, "threads_per_core": threads_per_core,
-            "mhz": mhz, "mhz_source": source, "flags": sorted(flags), "vendor": vendor,
-            "family": int(family) if family.isdigit() else None}
+    return {
+        "model_name": model,
+        "cores": cores,
+        "logical_cpus": usable,
+        "threads_per_core": threads_per_core,
+        "mhz": mhz,
+        "mhz_source": source,
+        "flags": sorted(flags),
+        "vendor": vendor,
+        "family": int(family) if family.isdigit() else None,
+    }
 
 
 def default_fma_units(info: dict[str, Any]) -> tuple[int, str]:
@@ -131,8 +144,9 @@ def default_fma_units(info: dict[str, Any]) -> tuple[int, str]:
     return 2, "assumed"
 
 
-def cpu_peak_flops(precision: str = "fp32", *, info: dict[str, Any] | None = None,
-                   fma_units: int | None = None) -> tuple[float | None, str]:
+def cpu_peak_flops(
+    precision: str = "fp32", *, info: dict[str, Any] | None = None, fma_units: int | None = None
+) -> tuple[float | None, str]:
     """(peak FLOP/s, how it was derived) for ``precision`` in fp32 / bf16 / fp16.
     ``fma_units``: 512-bit FMA units per core; None = :func:`default_fma_units`."""
     info = info or cpu_info()
@@ -148,11 +162,14 @@ def cpu_peak_flops(precision: str = "fp32", *, info: dict[str, Any] | None = Non
             if "{u}" in why:
                 per_cycle = per_cycle * fma_units // 2
                 why = why.replace("{u} units", "{u} units (" + units_why + ")").replace(
-                    "{u} FMA units", "{u} FMA units (" + units_why + ")")
+                    "{u} FMA units", "{u} FMA units (" + units_why + ")"
+                )
             # Cores torch can use: the usable physical cores, capped by torch's intra-op threads.
             cores, ghz = min(info["cores"], info.get("torch_threads") or info["cores"]), info["mhz"] / 1000
-            how = (f"{cores} cores (of {info['cores']} usable, {info.get('torch_threads')} torch threads) x "
-                   f"{ghz:g} GHz ({info['mhz_source']}) x {per_cycle} FLOP/cycle [{why.format(u=fma_units)}]")
+            how = (
+                f"{cores} cores (of {info['cores']} usable, {info.get('torch_threads')} torch threads) x "
+                f"{ghz:g} GHz ({info['mhz_source']}) x {per_cycle} FLOP/cycle [{why.format(u=fma_units)}]"
+            )
             return cores * ghz * 1e9 * per_cycle, how
     return None, "unknown: no known vector ISA flag"
 
@@ -180,8 +197,7 @@ def peak_flops(device: str | torch.device = "cpu", amp: str = "none") -> tuple[f
     dev = resolve_device(device)
     precision = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(amp, "fp32")
     if dev.type == "cuda":
-        return cuda_peak_flops(precision, torch.cuda.get_device_name(dev),
-                               tf32=bool(torch.backends.cudnn.allow_tf32))
+        return cuda_peak_flops(precision, torch.cuda.get_device_name(dev), tf32=bool(torch.backends.cudnn.allow_tf32))
     if dev.type == "cpu":
         return cpu_peak_flops(precision)
     return None, f"unknown: no peak table for device type {dev.type!r}"
@@ -191,9 +207,15 @@ def describe(device: str | torch.device = "cpu") -> dict[str, Any]:
     """The machine facts written beside every benchmark result."""
     dev = resolve_device(device)
     info = cpu_info()
-    out: dict[str, Any] = {"device": str(dev), "cpu": info["model_name"], "cpu_cores": info["cores"],
-                           "cpu_mhz": info["mhz"], "torch_threads": torch.get_num_threads(),
-                           "torch": torch.__version__, "python": platform.python_version()}
+    out: dict[str, Any] = {
+        "device": str(dev),
+        "cpu": info["model_name"],
+        "cpu_cores": info["cores"],
+        "cpu_mhz": info["mhz"],
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     if dev.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(dev)
         out["cuda"] = torch.version.cuda
@@ -232,7 +254,8 @@ def fast_defaults(device: str | torch.device = "cpu", *, batch_size: int | None 
       kernels want NHWC). On CUDA NHWC is what tensor-core convs use (NVIDIA, PyTorch docs): on.
     * bf16 autocast: with channels_last 1.57-1.65x train, 2.0-2.2x infer with AMX; on a 2-core AMD
       EPYC with AVX512-BF16 and no AMX, 1 thread, over fp32 channels_last: b0 @128 train 1.50x,
-      infer 1.52x; mini @28 train 1.60x, infer 1.59x (docs/readme/bench.md, second study). Without either flag bf16 is emulated: off. CUDA: bf16 on Ampere and newer, fp16 before (needs a
+      infer 1.52x; mini @28 train 1.60x, infer 1.59x (docs/readme/bench.md, second study). Without
+      either flag bf16 is emulated: off. CUDA: bf16 on Ampere and newer, fp16 before (needs a
       GradScaler when training).
     * fold_bn_infer: 1.1x alone, 1.2x on top of bf16 + channels_last; on CUDA it removes one
       kernel per conv and never adds work: on.
@@ -246,8 +269,11 @@ def fast_defaults(device: str | torch.device = "cpu", *, batch_size: int | None 
     dev = resolve_device(device)
     if dev.type == "cuda":
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return {"amp": "bf16" if bf16 else "fp16", "channels_last": True, "compile": False,
-                "fold_bn_infer": True}
+        return {"amp": "bf16" if bf16 else "fp16", "channels_last": True, "compile": False, "fold_bn_infer": True}
     small = batch_size is not None and batch_size < CPU_BF16_MIN_BATCH
-    return {"amp": "bf16" if _cpu_bf16_fast() and not small else "none", "channels_last": True,
-            "compile": False, "fold_bn_infer": True}
+    return {
+        "amp": "bf16" if _cpu_bf16_fast() and not small else "none",
+        "channels_last": True,
+        "compile": False,
+        "fold_bn_infer": True,
+    }

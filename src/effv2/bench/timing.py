@@ -34,19 +34,36 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "rmsprop_tf", "rmsprop")
 
 Step = Callable[[], None]  # runs one full step and returns when the device is done with it
 
-__all__ = ["AMP_MODES", "OPTIMIZERS", "Step", "autocast", "build_infer_step", "build_train_step", "measure",
-           "resolve_device", "run_timed", "summarize", "synchronize", "time_infer", "time_train_step"]
+__all__ = [
+    "AMP_MODES",
+    "OPTIMIZERS",
+    "Step",
+    "autocast",
+    "build_infer_step",
+    "build_train_step",
+    "measure",
+    "resolve_device",
+    "run_timed",
+    "summarize",
+    "synchronize",
+    "time_infer",
+    "time_train_step",
+]
 
 
 def check_sizes(batch_size: int, image_size: int, in_chans: int, steps: int, warmup: int) -> None:
-    for name, value, low in (("batch_size", batch_size, 1), ("image_size", image_size, 1),
-                             ("in_chans", in_chans, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
+    for name, value, low in (
+        ("batch_size", batch_size, 1),
+        ("image_size", image_size, 1),
+        ("in_chans", in_chans, 1),
+        ("steps", steps, 1),
+        ("warmup", warmup, 0),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise UsageError(f"{name}: expected an integer >= {low}, got {value!r}")
 
 
-def _batch(batch_size: int, in_chans: int, image_size: int, device: torch.device,
-           channels_last: bool) -> torch.Tensor:
+def _batch(batch_size: int, in_chans: int, image_size: int, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = torch.randn(batch_size, in_chans, image_size, image_size, device=device)  # (B, C, H, W)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -73,10 +90,20 @@ def _recipe(recipe: Any, optimizer: str) -> Any:
     return Recipe(optimizer="rmsprop_tf" if optimizer == "rmsprop" else optimizer)
 
 
-def build_train_step(model: nn.Module, *, batch_size: int, image_size: int, in_chans: int = 3,
-                     num_classes: int | None = None, amp: str = "none", channels_last: bool = False,
-                     optimizer: str = "sgd", device: str | torch.device = "cpu", compile: bool = False,
-                     recipe: Any = None) -> Step:
+def build_train_step(
+    model: nn.Module,
+    *,
+    batch_size: int,
+    image_size: int,
+    in_chans: int = 3,
+    num_classes: int | None = None,
+    amp: str = "none",
+    channels_last: bool = False,
+    optimizer: str = "sgd",
+    device: str | torch.device = "cpu",
+    compile: bool = False,
+    recipe: Any = None,
+) -> Step:
     """A closure running one training step of ``model`` as the trainer runs it: the recipe's task
     (default ``classify``: forward + cross-entropy under autocast), backward through a GradScaler
     for fp16, clipping, the finiteness check, the optimizer step and the EMA update. ``recipe``
@@ -103,9 +130,16 @@ def build_train_step(model: nn.Module, *, batch_size: int, image_size: int, in_c
     return step
 
 
-def build_infer_step(model: nn.Module, *, batch_size: int, image_size: int, in_chans: int = 3,
-                     amp: str = "none", channels_last: bool = False,
-                     device: str | torch.device = "cpu") -> Step:
+def build_infer_step(
+    model: nn.Module,
+    *,
+    batch_size: int,
+    image_size: int,
+    in_chans: int = 3,
+    amp: str = "none",
+    channels_last: bool = False,
+    device: str | torch.device = "cpu",
+) -> Step:
     """A closure running one inference batch in eval mode under torch.inference_mode."""
     check_sizes(batch_size, image_size, in_chans, 1, 0)
     dev = resolve_device(device)
@@ -131,8 +165,14 @@ def run_timed(step: Step) -> float:
 def summarize(step_times: list[float], batch_size: int, warmup_times: list[float]) -> dict[str, Any]:
     """The result dict shared by every timing function: median step time and images per second."""
     median = statistics.median(step_times)
-    return {"step_s": median, "img_per_s": batch_size / median, "steps": len(step_times),
-            "all_step_s": list(step_times), "warmup_s": list(warmup_times), "batch_size": batch_size}
+    return {
+        "step_s": median,
+        "img_per_s": batch_size / median,
+        "steps": len(step_times),
+        "all_step_s": list(step_times),
+        "warmup_s": list(warmup_times),
+        "batch_size": batch_size,
+    }
 
 
 def measure(step: Step, *, batch_size: int, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
@@ -143,28 +183,64 @@ def measure(step: Step, *, batch_size: int, steps: int = 10, warmup: int = 3) ->
     return summarize([run_timed(step) for _ in range(steps)], batch_size, warm)
 
 
-def time_train_step(model: nn.Module, *, batch_size: int, image_size: int, in_chans: int = 3,
-                    num_classes: int | None = None, steps: int = 10, warmup: int = 3, amp: str = "none",
-                    channels_last: bool = False, optimizer: str = "sgd",
-                    device: str | torch.device = "cpu", recipe: Any = None) -> dict[str, Any]:
+def time_train_step(
+    model: nn.Module,
+    *,
+    batch_size: int,
+    image_size: int,
+    in_chans: int = 3,
+    num_classes: int | None = None,
+    steps: int = 10,
+    warmup: int = 3,
+    amp: str = "none",
+    channels_last: bool = False,
+    optimizer: str = "sgd",
+    device: str | torch.device = "cpu",
+    recipe: Any = None,
+) -> dict[str, Any]:
     """Median seconds per training step (forward, loss, backward, optimizer step).
 
     Returns ``{"step_s", "img_per_s", "steps", "all_step_s", "warmup_s", "batch_size"}``.
     The model is trained in place (see the module note).
     """
     check_sizes(batch_size, image_size, in_chans, steps, warmup)
-    step = build_train_step(model, batch_size=batch_size, image_size=image_size, in_chans=in_chans,
-                            num_classes=num_classes, amp=amp, channels_last=channels_last,
-                            optimizer=optimizer, device=device, recipe=recipe)
+    step = build_train_step(
+        model,
+        batch_size=batch_size,
+        image_size=image_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        amp=amp,
+        channels_last=channels_last,
+        optimizer=optimizer,
+        device=device,
+        recipe=recipe,
+    )
     return measure(step, batch_size=batch_size, steps=steps, warmup=warmup)
 
 
-def time_infer(model: nn.Module, *, batch_size: int, image_size: int, in_chans: int = 3, steps: int = 10,
-               warmup: int = 3, amp: str = "none", channels_last: bool = False,
-               device: str | torch.device = "cpu") -> dict[str, Any]:
+def time_infer(
+    model: nn.Module,
+    *,
+    batch_size: int,
+    image_size: int,
+    in_chans: int = 3,
+    steps: int = 10,
+    warmup: int = 3,
+    amp: str = "none",
+    channels_last: bool = False,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
     """Median seconds per inference batch (eval mode, torch.inference_mode); same keys as
     :func:`time_train_step`."""
     check_sizes(batch_size, image_size, in_chans, steps, warmup)
-    step = build_infer_step(model, batch_size=batch_size, image_size=image_size, in_chans=in_chans,
-                            amp=amp, channels_last=channels_last, device=device)
+    step = build_infer_step(
+        model,
+        batch_size=batch_size,
+        image_size=image_size,
+        in_chans=in_chans,
+        amp=amp,
+        channels_last=channels_last,
+        device=device,
+    )
     return measure(step, batch_size=batch_size, steps=steps, warmup=warmup)

@@ -35,11 +35,18 @@ def _try_apt() -> bool:
         return False
     print("Fashion-MNIST not found locally; installing Debian's dataset-fashion-mnist ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"],
-                ["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"]):
+    for cmd in (
+        ["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"],
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"],
+    ):
         try:
-            ok = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                timeout=600).returncode == 0
+            ok = (
+                subprocess.run(
+                    cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600
+                ).returncode
+                == 0
+            )
         except (OSError, subprocess.TimeoutExpired):
             return False
         if ok and cmd[1] == "install":
@@ -73,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = find_fashion_mnist(args.data_dir, allow_download=True)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = train(DEMO_MODEL, bundle, out, recipe=DEMO_RECIPE, overrides=args.overrides, device=args.device)
-    print(f"\nFashion-MNIST test accuracy: {summary['test_top1']:.2f}% top-1 "
-          f"({summary['train_s'] / 60:.1f} min of training on {args.device}; run folder {out})")
+    print(
+        f"\nFashion-MNIST test accuracy: {summary['test_top1']:.2f}% top-1 "
+        f"({summary['train_s'] / 60:.1f} min of training on {args.device}; run folder {out})"
+    )
     return 0

@@ -30,22 +30,36 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_for_inference(args.checkpoint)
     bundle = load_source(args.data, data_dir=args.data_dir, download=args.download)
-    imageset = {"test": bundle.test if bundle.test is not None else bundle.val, "val": bundle.val,
-                "train": bundle.train}[args.split]
+    imageset = {
+        "test": bundle.test if bundle.test is not None else bundle.val,
+        "val": bundle.val,
+        "train": bundle.train,
+    }[args.split]
     if len(bundle.classes) != len(loaded.classes):
-        raise UsageError(f"{args.data} has {len(bundle.classes)} classes but the model was trained on "
-                         f"{len(loaded.classes)}")
+        raise UsageError(
+            f"{args.data} has {len(bundle.classes)} classes but the model was trained on {len(loaded.classes)}"
+        )
     runtime = resolve_runtime(args.device, batch_size=args.batch_size)
     model = runtime.place(loaded.model)
-    res = evaluate(model, imageset, runtime=runtime, image_size=args.size or loaded.eval_size, mean=loaded.mean,
-                   std=loaded.std, batch_size=args.batch_size)
+    res = evaluate(
+        model,
+        imageset,
+        runtime=runtime,
+        image_size=args.size or loaded.eval_size,
+        mean=loaded.mean,
+        std=loaded.std,
+        batch_size=args.batch_size,
+    )
     if res["n"] == 0:
         raise UsageError(f"{args.data}: the {args.split} split has no readable images to evaluate")
-    res.update(split=args.split, checkpoint=str(loaded.path), weights=loaded.used, device=str(runtime.device),
-               amp=runtime.amp)
+    res.update(
+        split=args.split, checkpoint=str(loaded.path), weights=loaded.used, device=str(runtime.device), amp=runtime.amp
+    )
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{args.split}: top1 {res['top1']:.2f}%  top5 {res['top5']:.2f}%  loss {res['loss']:.4f}  "
-              f"n {res['n']}  ({loaded.used} weights of {loaded.path})")
+        print(
+            f"{args.split}: top1 {res['top1']:.2f}%  top5 {res['top5']:.2f}%  loss {res['loss']:.4f}  "
+            f"n {res['n']}  ({loaded.used} weights of {loaded.path})"
+        )
     return 0

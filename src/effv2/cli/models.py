@@ -27,14 +27,23 @@ def run(args: argparse.Namespace) -> int:
     for name in list_models(args.pattern):
         card = get_card(name)
         model = create_model(name)
-        rows.append({"name": name, "params": count_params(model),
-                     "macs": count_macs(model, card.eval_size), "train_size": card.train_size,
-                     "eval_size": card.eval_size, "dropout": card.dropout})
+        rows.append(
+            {
+                "name": name,
+                "params": count_params(model),
+                "macs": count_macs(model, card.eval_size),
+                "train_size": card.train_size,
+                "eval_size": card.eval_size,
+                "dropout": card.dropout,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'model':<22}{'params':>14}{'MACs@eval':>12}{'train':>7}{'eval':>6}{'dropout':>9}")
     for r in rows:
-        print(f"{r['name']:<22}{r['params']:>14,}{r['macs'] / 1e9:>11.3f}G{r['train_size']:>7}"
-              f"{r['eval_size']:>6}{r['dropout']:>9.2f}")
+        print(
+            f"{r['name']:<22}{r['params']:>14,}{r['macs'] / 1e9:>11.3f}G{r['train_size']:>7}"
+            f"{r['eval_size']:>6}{r['dropout']:>9.2f}"
+        )
     return 0

@@ -33,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
     top = probs.topk(k, dim=1)
     out = []
     for path, values, indices in zip(args.images, top.values, top.indices):
-        preds = [{"class": loaded.classes[i], "index": int(i), "prob": round(float(v), 6)}
-                 for v, i in zip(values, indices)]
+        preds = [
+            {"class": loaded.classes[i], "index": int(i), "prob": round(float(v), 6)} for v, i in zip(values, indices)
+        ]
         out.append({"image": path, "top": preds})
         if not args.json:
             print(f"{path}: " + ", ".join(f"{p['class']} {100 * p['prob']:.1f}%" for p in preds))

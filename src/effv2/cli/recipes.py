@@ -24,12 +24,16 @@ def stage_table(recipe: Recipe, *, train_size: int, dropout: float, drop_path: f
     p = recipe.progressive
     stages = all_stages(p, train_size=train_size, dropout=dropout, drop_path=drop_path, eval_size=recipe.eval_size)
     bounds = stage_bounds(recipe.epochs, len(stages))
-    rows = [f"{'stage':>5} {'epochs':>11} {'size':>5} {'randaug':>8} {'mixup':>7} {'cutmix':>7} {'dropout':>8} "
-            f"{'drop_path':>9}"]
+    rows = [
+        f"{'stage':>5} {'epochs':>11} {'size':>5} {'randaug':>8} {'mixup':>7} {'cutmix':>7} {'dropout':>8} "
+        f"{'drop_path':>9}"
+    ]
     for sp, (a, b) in zip(stages, bounds):
         span = f"{a}-{b - 1}" if b > a else "(none)"
-        rows.append(f"{sp.index:>5} {span:>11} {sp.image_size:>5} {sp.randaug_magnitude:>8.4g} {sp.mixup_alpha:>7.4g} "
-                    f"{sp.cutmix_alpha:>7.4g} {sp.dropout:>8.4g} {sp.drop_path:>9.4g}")
+        rows.append(
+            f"{sp.index:>5} {span:>11} {sp.image_size:>5} {sp.randaug_magnitude:>8.4g} {sp.mixup_alpha:>7.4g} "
+            f"{sp.cutmix_alpha:>7.4g} {sp.dropout:>8.4g} {sp.drop_path:>9.4g}"
+        )
     return rows
 
 

@@ -16,19 +16,41 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train with progressive learning and adaptive regularization")
     p.add_argument("--model", help="registered model name (see `effv2 models`)")
     p.add_argument("--model-spec", metavar="FILE", help="an architecture spec JSON (from search or scale)")
-    p.add_argument("--data", help="fashion-mnist | cifar10 | cifar100 | flowers102 | stanford-cars | image folder | CSV")
+    p.add_argument(
+        "--data", help="fashion-mnist | cifar10 | cifar100 | flowers102 | stanford-cars | image folder | CSV"
+    )
     p.add_argument("--out", help="run folder (config.json, metrics.jsonl, checkpoints/, curves.png)")
-    p.add_argument("--init", metavar="WEIGHTS", help="start from these weights (fine-tuning): an `effv2 convert` "
-                   "output, a run folder or a checkpoint; the classifier is replaced when the class count differs")
+    p.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="start from these weights (fine-tuning): an `effv2 convert` "
+        "output, a run folder or a checkpoint; the classifier is replaced when the class count differs",
+    )
     p.add_argument("--recipe", help="recipe name (see docs) or a recipe JSON file")
     p.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set progressive.enabled=false (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set progressive.enabled=false (repeatable)",
+    )
     p.add_argument("--seed", type=int)
-    p.add_argument("--deterministic", action="store_true", default=None,
-                   help="deterministic algorithms; a resumed run then ends bitwise equal to an uninterrupted one")
-    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR (or in --out) from its last checkpoint")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="deterministic algorithms; a resumed run then ends bitwise equal to an uninterrupted one",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR (or in --out) from its last checkpoint",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--quiet", action="store_true")
     add_data_args(p)
@@ -49,7 +71,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not model or not args.data or not args.out:
         raise UsageError("--model (or --model-spec), --data and --out are required")
-    train(model, args.data, args.out, recipe=args.recipe, overrides=args.overrides, data_dir=args.data_dir,
-          seed=args.seed, epochs=args.epochs, deterministic=args.deterministic, quiet=args.quiet,
-          device=args.device, download=args.download, init=args.init)
+    train(
+        model,
+        args.data,
+        args.out,
+        recipe=args.recipe,
+        overrides=args.overrides,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        epochs=args.epochs,
+        deterministic=args.deterministic,
+        quiet=args.quiet,
+        device=args.device,
+        download=args.download,
+        init=args.init,
+    )
     return 0

@@ -65,8 +65,9 @@ def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, A
     layer: dict[str, Any] = {}
     for item in overrides:
         if not isinstance(item, str) or "=" not in item:
-            raise UsageError(f"--set {item}: expected KEY=VALUE, e.g. --set epochs=20 "
-                             "or --set progressive.enabled=false")
+            raise UsageError(
+                f"--set {item}: expected KEY=VALUE, e.g. --set epochs=20 or --set progressive.enabled=false"
+            )
         key, value = item.split("=", 1)
         layer = merge(layer, normalize_layer({key.strip(): value}, f"--set {item}", from_strings=True))
     return layer
@@ -94,8 +95,10 @@ def _find_recipe(ref: str, base_dir: Path | None) -> Path:
         return path.resolve()
     path = RECIPES_DIR / f"{ref}.json"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", ref) or not path.is_file():
-        raise UsageError(f"unknown recipe {ref!r}; shipped recipes: {', '.join(shipped_recipes())}; "
-                         "or give the path of a recipe JSON file")
+        raise UsageError(
+            f"unknown recipe {ref!r}; shipped recipes: {', '.join(shipped_recipes())}; "
+            "or give the path of a recipe JSON file"
+        )
     return path.resolve()
 
 
@@ -109,8 +112,9 @@ def read_recipe_json(path: Path) -> Any:
         raise UsageError(f"{_display(path)}: cannot read ({e.strerror})") from None
 
 
-def load_recipe_layers(ref: str, *, _base_dir: Path | None = None, _seen: tuple[Path, ...] = ()
-                       ) -> list[tuple[str, Path, dict[str, Any]]]:
+def load_recipe_layers(
+    ref: str, *, _base_dir: Path | None = None, _seen: tuple[Path, ...] = ()
+) -> list[tuple[str, Path, dict[str, Any]]]:
     """The chain of layers of one recipe, root first: ``[(label, file, patch), ...]``.
 
     ``extends`` names a shipped recipe or a path (relative to the extending file). The top file's
@@ -163,8 +167,9 @@ def _model_layer(model: str) -> tuple[Any, dict[str, Any]]:
     return card, patch
 
 
-def resolve_recipe(recipe: str | None, *, model: str, dataset: str,
-                   overrides: list[str] | dict[str, Any] | None = None) -> tuple[Recipe, dict[str, Any]]:
+def resolve_recipe(
+    recipe: str | None, *, model: str, dataset: str, overrides: list[str] | dict[str, Any] | None = None
+) -> tuple[Recipe, dict[str, Any]]:
     """The recipe for training ``model`` on ``dataset``, and the provenance of its values.
 
     ``recipe`` is a shipped name, a path to a JSON file, or None for the data set's default
@@ -208,8 +213,10 @@ def resolve_recipe(recipe: str | None, *, model: str, dataset: str,
             size = filled.get("eval_size", rec.eval_size) if from_eval else card.train_size
             filled["progressive"] = {"max_size": size}
         if filled:
-            provenance["filled"] = {"source": f"model card {card.name} (progressive.max_size_from="
-                                              f"{rec.progressive.max_size_from})", "set": flatten(filled)}
+            provenance["filled"] = {
+                "source": f"model card {card.name} (progressive.max_size_from={rec.progressive.max_size_from})",
+                "set": flatten(filled),
+            }
             rec = recipe_from_dict(merge(merged, filled))
     except RecipeError as e:
         raise RecipeError(e.key, f"{e.problem} (set by {who_set(e.key)})") from None

@@ -51,8 +51,12 @@ class ProgressiveConfig:
         k = "progressive."
         require(self.n_stages >= 1, k + "n_stages", "must be an integer >= 1", self.n_stages)
         require(self.min_size >= 1, k + "min_size", "must be a positive image size", self.min_size)
-        require(self.max_size is None or self.max_size >= 1, k + "max_size", "must be a positive image size or null",
-                self.max_size)
+        require(
+            self.max_size is None or self.max_size >= 1,
+            k + "max_size",
+            "must be a positive image size or null",
+            self.max_size,
+        )
         for name in ("randaug", "mixup", "cutmix"):
             for end in ("min", "max"):
                 v = getattr(self, f"{name}_{end}")
@@ -65,18 +69,29 @@ class ProgressiveConfig:
             return  # a single stage uses only the max values; stale min values are harmless
         # Regularization grows with image size (the paper's premise): every min <= its max.
         if self.max_size is not None:
-            require(self.min_size <= self.max_size, k + "min_size",
-                    f"must be <= progressive.max_size={self.max_size} (or set progressive.enabled=false)",
-                    self.min_size)
+            require(
+                self.min_size <= self.max_size,
+                k + "min_size",
+                f"must be <= progressive.max_size={self.max_size} (or set progressive.enabled=false)",
+                self.min_size,
+            )
         for name in ("randaug", "mixup", "cutmix"):
             lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
             require(lo <= hi, f"{k}{name}_min", f"must be <= progressive.{name}_max={hi}", lo)
         if self.variant == "paper" and self.dropout_max is not None:
-            require(self.dropout_min <= self.dropout_max, k + "dropout_min",
-                    f"must be <= progressive.dropout_max={self.dropout_max}", self.dropout_min)
+            require(
+                self.dropout_min <= self.dropout_max,
+                k + "dropout_min",
+                f"must be <= progressive.dropout_max={self.dropout_max}",
+                self.dropout_min,
+            )
         if self.drop_path_min is not None and self.drop_path_max is not None:
-            require(self.drop_path_min <= self.drop_path_max, k + "drop_path_min",
-                    f"must be <= progressive.drop_path_max={self.drop_path_max}", self.drop_path_min)
+            require(
+                self.drop_path_min <= self.drop_path_max,
+                k + "drop_path_min",
+                f"must be <= progressive.drop_path_max={self.drop_path_max}",
+                self.drop_path_min,
+            )
 
 
 @dataclass(frozen=True)
@@ -147,8 +162,9 @@ class Recipe:
         require(self.lr > 0, "lr", "must be > 0", self.lr)
         require(0 <= self.warmup_lr <= self.lr, "warmup_lr", f"must be in [0, lr={self.lr}]", self.warmup_lr)
         require(0 <= self.min_lr <= self.lr, "min_lr", f"must be in [0, lr={self.lr}]", self.min_lr)
-        require(self.warmup_epochs <= self.epochs, "warmup_epochs", f"must be <= epochs={self.epochs}",
-                self.warmup_epochs)
+        require(
+            self.warmup_epochs <= self.epochs, "warmup_epochs", f"must be <= epochs={self.epochs}", self.warmup_epochs
+        )
         require(0 < self.decay_rate <= 1, "decay_rate", "must be in (0, 1]", self.decay_rate)
         require(self.decay_epochs > 0, "decay_epochs", "must be > 0", self.decay_epochs)
         require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
@@ -159,8 +175,12 @@ class Recipe:
         require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)", self.label_smoothing)
         require(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 = off)", self.ema_decay)
         require(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)", self.val_fraction)
-        require(self.eval_size is None or self.eval_size >= 1, "eval_size", "must be a positive image size or null",
-                self.eval_size)
+        require(
+            self.eval_size is None or self.eval_size >= 1,
+            "eval_size",
+            "must be a positive image size or null",
+            self.eval_size,
+        )
 
     @property
     def optimizer_eps(self) -> float:

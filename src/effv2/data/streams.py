@@ -70,20 +70,37 @@ def stream_steps(stream: Stream, ctx: StepContext) -> int:
 def _batches(stream: Stream, ctx: StepContext, *, seed: int, epoch: int, start_batch: int) -> Iterator[Batch]:
     a = stream.augment
     return train_batches(
-        stream.imageset, batch_size=ctx.batch_size, image_size=ctx.image_size,
-        randaug_magnitude=ctx.randaug_magnitude * a.randaug_scale, randaug_ops=a.randaug_ops,
-        mixup_alpha=ctx.mixup_alpha if a.mix else 0.0, cutmix_alpha=ctx.cutmix_alpha if a.mix else 0.0,
-        num_classes=ctx.num_classes, seed=seed, epoch=epoch, start_batch=start_batch, rank=ctx.rank,
-        world_size=ctx.world_size, num_workers=ctx.num_workers, device=ctx.device, mean=ctx.mean, std=ctx.std,
-        hflip=a.hflip, crop=a.crop, channels_last=ctx.channels_last)
+        stream.imageset,
+        batch_size=ctx.batch_size,
+        image_size=ctx.image_size,
+        randaug_magnitude=ctx.randaug_magnitude * a.randaug_scale,
+        randaug_ops=a.randaug_ops,
+        mixup_alpha=ctx.mixup_alpha if a.mix else 0.0,
+        cutmix_alpha=ctx.cutmix_alpha if a.mix else 0.0,
+        num_classes=ctx.num_classes,
+        seed=seed,
+        epoch=epoch,
+        start_batch=start_batch,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        num_workers=ctx.num_workers,
+        device=ctx.device,
+        mean=ctx.mean,
+        std=ctx.std,
+        hflip=a.hflip,
+        crop=a.crop,
+        channels_last=ctx.channels_last,
+    )
 
 
 def _cycled(stream: Stream, ctx: StepContext, first_step: int) -> Iterator[Batch]:
     """A secondary stream from global step ``first_step`` on, through as many of its epochs as needed."""
     n = stream_steps(stream, ctx)
     if n == 0:
-        raise UsageError(f"data stream {stream.name!r}: batch {ctx.batch_size} x {ctx.world_size} is more than its "
-                         f"{len(stream.imageset)} images")
+        raise UsageError(
+            f"data stream {stream.name!r}: batch {ctx.batch_size} x {ctx.world_size} is more than its "
+            f"{len(stream.imageset)} images"
+        )
     seed = derive_seed(ctx.seed, "stream", stream.name)
     epoch, start = divmod(first_step, n)
     while True:
@@ -91,8 +108,9 @@ def _cycled(stream: Stream, ctx: StepContext, first_step: int) -> Iterator[Batch
         epoch, start = epoch + 1, 0
 
 
-def train_steps(streams: Sequence[Stream], ctx: StepContext, *, epoch: int, start_batch: int = 0
-                ) -> Iterator[dict[str, Batch]]:
+def train_steps(
+    streams: Sequence[Stream], ctx: StepContext, *, epoch: int, start_batch: int = 0
+) -> Iterator[dict[str, Batch]]:
     """``{name: Batch}`` for steps ``start_batch..`` of ``epoch`` (the primary stream's epoch).
     The streams are checked when this is called, not at the first step."""
     names = [s.name for s in streams]
@@ -103,12 +121,11 @@ def train_steps(streams: Sequence[Stream], ctx: StepContext, *, epoch: int, star
     return _zip_streams(streams, ctx, epoch=epoch, start_batch=start_batch)
 
 
-def _zip_streams(streams: Sequence[Stream], ctx: StepContext, *, epoch: int, start_batch: int
-                 ) -> Iterator[dict[str, Batch]]:
+def _zip_streams(
+    streams: Sequence[Stream], ctx: StepContext, *, epoch: int, start_batch: int
+) -> Iterator[dict[str, Batch]]:
     primary = _batches(streams[0], ctx, seed=ctx.seed, epoch=epoch, start_batch=start_batch)
     steps = stream_steps(streams[0], ctx)
     others = [(s.name, _cycled(s, ctx, epoch * steps + start_batch)) for s in streams[1:]]
     for batch in primary:
         yield {PRIMARY: batch, **{name: next(it) for name, it in others}}
-
-

@@ -57,8 +57,16 @@ FORMAT = "effv2-checkpoint"
 FORMAT_VERSION = 2
 WHICH = ("last", "best")
 
-__all__ = ["Checkpoint", "CheckpointVersionWarning", "CheckpointWriteError", "checkpoint_path",
-           "find_checkpoint", "load_checkpoint", "previous_path", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointVersionWarning",
+    "CheckpointWriteError",
+    "checkpoint_path",
+    "find_checkpoint",
+    "load_checkpoint",
+    "previous_path",
+    "save_checkpoint",
+]
 
 
 class CheckpointWriteError(UsageError):
@@ -127,8 +135,12 @@ def _model_meta(inner: nn.Module) -> dict[str, Any]:
     card = getattr(inner, "card", None)
     if card is None:
         return {}
-    return {"card": card.to_dict(), "spec": inner.spec.to_dict(), "num_classes": inner.num_classes,
-            "in_chans": inner.in_chans}
+    return {
+        "card": card.to_dict(),
+        "spec": inner.spec.to_dict(),
+        "num_classes": inner.num_classes,
+        "in_chans": inner.in_chans,
+    }
 
 
 def _crc(t: torch.Tensor) -> int:
@@ -195,9 +207,16 @@ def _save_part(name: str, part: Any, kind: str, tensors: dict[str, torch.Tensor]
         meta[f"{name}_state"] = encode(part.state_dict(), name, tensors)
 
 
-def save_checkpoint(path: str | Path, parts: Mapping[str, Any], *, state: dict[str, Any],
-                    recipe: dict[str, Any] | None = None, extra: dict[str, torch.Tensor] | None = None,
-                    rng: bool = True, keep_previous: bool = True) -> None:
+def save_checkpoint(
+    path: str | Path,
+    parts: Mapping[str, Any],
+    *,
+    state: dict[str, Any],
+    recipe: dict[str, Any] | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
+    rng: bool = True,
+    keep_previous: bool = True,
+) -> None:
     """Write a training checkpoint of ``parts`` (name -> object; None values are left out) to
     ``path`` atomically (see the module docstring for the layout).
 
@@ -251,7 +270,8 @@ def save_checkpoint(path: str | Path, parts: Mapping[str, Any], *, state: dict[s
         if free < need:
             raise CheckpointWriteError(
                 f"could not write checkpoint {target}: {os.strerror(28)} (needs {need / 2**20:.1f} MiB, "
-                f"{free / 2**20:.1f} MiB free); {previous}")
+                f"{free / 2**20:.1f} MiB free); {previous}"
+            )
         with atomic_path(target) as tmp:
             save_file(tensors, str(tmp), metadata=str_meta)
     except (OSError, SafetensorError) as exc:
@@ -279,11 +299,14 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         except json.JSONDecodeError:
             raise UsageError(f"{path}: metadata {k!r} is not JSON; not an effv2 checkpoint") from None
     if meta.get("format") != FORMAT:
-        raise UsageError(f"{path}: not an effv2 training checkpoint (no format={FORMAT!r} in its metadata; "
-                         f"a weights file loads with effv2.io.weights.load_into)")
+        raise UsageError(
+            f"{path}: not an effv2 training checkpoint (no format={FORMAT!r} in its metadata; "
+            f"a weights file loads with effv2.io.weights.load_into)"
+        )
     if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
-        raise UsageError(f"{path}: checkpoint format version {meta.get('format_version')!r}; this effv2 "
-                         f"reads up to {FORMAT_VERSION}")
+        raise UsageError(
+            f"{path}: checkpoint format version {meta.get('format_version')!r}; this effv2 reads up to {FORMAT_VERSION}"
+        )
     sums = meta.get("checksums")
     if not isinstance(sums, dict) or set(sums) != set(tensors):
         raise UsageError(f"{path}: not a complete checkpoint (tensor list does not match its checksums){hint}")
@@ -304,9 +327,11 @@ def _public(version: Any) -> str:
 
 def _check_versions(path: Path, meta: dict[str, Any], strict: bool) -> None:
     now = _versions()
-    diffs = [f"{name} {meta.get(key)} (this is {now[key]})" for name, key in
-             (("torch", "torch_version"), ("effv2", "effv2_version"))
-             if _public(meta.get(key)) != _public(now[key])]
+    diffs = [
+        f"{name} {meta.get(key)} (this is {now[key]})"
+        for name, key in (("torch", "torch_version"), ("effv2", "effv2_version"))
+        if _public(meta.get(key)) != _public(now[key])
+    ]
     if not diffs:
         return
     msg = f"{path}: written by {', '.join(diffs)}"
@@ -315,11 +340,14 @@ def _check_versions(path: Path, meta: dict[str, Any], strict: bool) -> None:
     warnings.warn(msg, CheckpointVersionWarning, stacklevel=3)
 
 
-def _check_optimizer(path: Path, name: str, meta: dict[str, Any], sd: dict[str, Any],
-                     optimizer: torch.optim.Optimizer) -> None:
+def _check_optimizer(
+    path: Path, name: str, meta: dict[str, Any], sd: dict[str, Any], optimizer: torch.optim.Optimizer
+) -> None:
     if meta.get(f"{name}_class") != type(optimizer).__name__:
-        raise UsageError(f"{path}: optimizer mismatch: file has {meta.get(f'{name}_class')} state, "
-                         f"the optimizer is {type(optimizer).__name__}")
+        raise UsageError(
+            f"{path}: optimizer mismatch: file has {meta.get(f'{name}_class')} state, "
+            f"the optimizer is {type(optimizer).__name__}"
+        )
     saved = [len(g["params"]) for g in sd["param_groups"]]
     own = [len(g["params"]) for g in optimizer.param_groups]
     if saved != own:
@@ -383,8 +411,14 @@ def _empty(part: Any, kind: str) -> bool:
     return kind == "module" and not unwrap(part)[0].state_dict()
 
 
-def load_checkpoint(path: str | Path, parts: Mapping[str, Any] | None = None, *, restore_rng_state: bool = True,
-                    strict_versions: bool = False, optional: tuple[str, ...] = ()) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path,
+    parts: Mapping[str, Any] | None = None,
+    *,
+    restore_rng_state: bool = True,
+    strict_versions: bool = False,
+    optional: tuple[str, ...] = (),
+) -> Checkpoint:
     """Read a checkpoint and load it into ``parts`` (name -> object, as saved; None values are
     skipped). Never unpickles.
 
@@ -427,8 +461,10 @@ def load_checkpoint(path: str | Path, parts: Mapping[str, Any] | None = None, *,
                 check_compatible(unwrap(part)[0], section, src if name == "model" else f"{src} ({name})")
                 plan.append((name, part, kind, section))
             elif kind == "optimizer":
-                sd = {"state": decode(meta[f"{name}_state"], tensors, src),
-                      "param_groups": decode(meta[f"{name}_param_groups"], tensors, src)}
+                sd = {
+                    "state": decode(meta[f"{name}_state"], tensors, src),
+                    "param_groups": decode(meta[f"{name}_param_groups"], tensors, src),
+                }
                 _check_optimizer(p, name, meta, sd, part)
                 plan.append((name, part, kind, sd))
             else:
@@ -453,6 +489,12 @@ def load_checkpoint(path: str | Path, parts: Mapping[str, Any] | None = None, *,
 
     loaded_names = {name for name, *_ in plan}
     model_state, ema_state = _section(tensors, "model"), _section(tensors, "ema")
-    return Checkpoint(path=p, state=state, recipe=recipe, meta=meta, extra=_section(tensors, "extra"),
-                      model_state=None if "model" in loaded_names else model_state,
-                      ema_state=None if "ema" in loaded_names or not ema_state else ema_state)
+    return Checkpoint(
+        path=p,
+        state=state,
+        recipe=recipe,
+        meta=meta,
+        extra=_section(tensors, "extra"),
+        model_state=None if "model" in loaded_names else model_state,
+        ema_state=None if "ema" in loaded_names or not ema_state else ema_state,
+    )

@@ -34,8 +34,12 @@ def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     json_part: dict[str, Any] = {
         "format": _FORMAT,
         "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
-        "numpy": {"kind": np_kind, "pos": int(np_pos), "has_gauss": int(np_has_gauss),
-                  "cached_gaussian": float(np_gauss)},
+        "numpy": {
+            "kind": np_kind,
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
         "cuda_devices": 0,
     }
     tensors: dict[str, torch.Tensor] = {
@@ -59,14 +63,22 @@ def restore_rng(json_part: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
     """
     try:
         py = json_part["python"]
-        py_state = (int(py["version"]), tuple(int(x) for x in py["internal"]),
-                    None if py["gauss_next"] is None else float(py["gauss_next"]))
+        py_state = (
+            int(py["version"]),
+            tuple(int(x) for x in py["internal"]),
+            None if py["gauss_next"] is None else float(py["gauss_next"]),
+        )
         npj = json_part["numpy"]
         keys = tensors["numpy_keys"]
         if keys.shape != (624,):
             raise ValueError(f"numpy_keys has shape {tuple(keys.shape)}, expected (624,)")
-        np_state = (str(npj["kind"]), keys.numpy().astype(np.uint32), int(npj["pos"]),
-                    int(npj["has_gauss"]), float(npj["cached_gaussian"]))
+        np_state = (
+            str(npj["kind"]),
+            keys.numpy().astype(np.uint32),
+            int(npj["pos"]),
+            int(npj["has_gauss"]),
+            float(npj["cached_gaussian"]),
+        )
         cpu = tensors["torch_cpu"]
         n_cuda = int(json_part.get("cuda_devices", 0))
         cuda = [tensors[f"cuda/{i}"] for i in range(n_cuda)]
@@ -85,7 +97,10 @@ def restore_rng(json_part: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
     if cuda:
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if have < len(cuda):
-            warnings.warn(f"RNG state has {len(cuda)} CUDA generator(s), this process sees {have}; "
-                          f"restoring {have}, the run will not repeat bit-exactly", stacklevel=2)
+            warnings.warn(
+                f"RNG state has {len(cuda)} CUDA generator(s), this process sees {have}; "
+                f"restoring {have}, the run will not repeat bit-exactly",
+                stacklevel=2,
+            )
         for i, s in enumerate(cuda[:have]):
             torch.cuda.set_rng_state(s, i)

@@ -34,12 +34,17 @@ def encode(obj: Any, where: str, tensors: dict[str, torch.Tensor] | None) -> Any
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj) and not (len(obj) == 1 and next(iter(obj)) in _TAGS):
             return {k: encode(v, f"{where}/{k}", tensors) for k, v in obj.items()}
-        return {"__dict__": [[encode(k, f"{where}/<key>", None), encode(v, f"{where}/{k}", tensors)]
-                             for k, v in obj.items()]}
+        return {
+            "__dict__": [
+                [encode(k, f"{where}/<key>", None), encode(v, f"{where}/{k}", tensors)] for k, v in obj.items()
+            ]
+        }
     if hasattr(obj, "item") and type(obj).__module__ == "numpy":  # numpy scalar -> python number
         return obj.item()
-    raise UsageError(f"checkpoint: {where} is of type {type(obj).__name__}, which cannot be stored "
-                     f"without pickle; use JSON-able values (numbers, strings, lists, tuples, dicts)")
+    raise UsageError(
+        f"checkpoint: {where} is of type {type(obj).__name__}, which cannot be stored "
+        f"without pickle; use JSON-able values (numbers, strings, lists, tuples, dicts)"
+    )
 
 
 def decode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
@@ -76,8 +81,10 @@ def unwrap(m: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
             continue
         inner = getattr(m, "module", None)
         if isinstance(inner, nn.Module) and all(
-                next(c.parameters(), None) is None and next(c.buffers(), None) is None
-                for name, c in m.named_children() if name != "module"):
+            next(c.parameters(), None) is None and next(c.buffers(), None) is None
+            for name, c in m.named_children()
+            if name != "module"
+        ):
             wrappers.append(m)
             m = inner
             continue

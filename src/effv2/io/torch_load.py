@@ -47,8 +47,11 @@ def _refusal_reason(message: str) -> str:
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint", *, ema: bool = False) -> dict[str, torch.Tensor]:
@@ -62,17 +65,17 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint", *, ema: bool = False
         if state is None:
             found = ", ".join(sorted(map(str, obj))[:8]) or "nothing"
             wanted = "EMA state_dict" if ema else "state_dict"
-            raise UsageError(f"{source}: found no {wanted} (top-level keys: {found}; "
-                             f"looked for {', '.join(keys)})")
+            raise UsageError(f"{source}: found no {wanted} (top-level keys: {found}; looked for {', '.join(keys)})")
     out = dict(state)
     for prefix in STRIP_PREFIXES:
         if all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix):]: v for k, v in out.items()}
+            out = {k[len(prefix) :]: v for k, v in out.items()}
     return out
 
 
-def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", *,
-                    ema: bool = False) -> dict[str, torch.Tensor]:
+def safe_torch_load(
+    path: str | Path, map_location: str | torch.device = "cpu", *, ema: bool = False
+) -> dict[str, torch.Tensor]:
     """Load the state_dict stored in ``path`` without executing code from the file.
 
     ``.safetensors`` goes through :func:`effv2.io.weights.load_weights`; anything else is read with
@@ -90,8 +93,9 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", 
             warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
             obj = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UsageError(f"{p}: refused: not a plain weights file ({_refusal_reason(str(exc))}); "
-                         f"it was not loaded") from None
+        raise UsageError(
+            f"{p}: refused: not a plain weights file ({_refusal_reason(str(exc))}); it was not loaded"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - truncated zip, garbage bytes, wrong format: all one user error
         detail = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UsageError(f"{p}: not a readable PyTorch weights file ({type(exc).__name__}: {detail})") from None

@@ -21,8 +21,9 @@ def _versions() -> dict[str, str]:
     return {"effv2_version": __version__, "torch_version": torch.__version__}
 
 
-def save_weights(model_or_state: nn.Module | dict[str, torch.Tensor], path: str | Path,
-                 metadata: dict[str, Any] | None = None) -> None:
+def save_weights(
+    model_or_state: nn.Module | dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any] | None = None
+) -> None:
     """Write a state_dict atomically as safetensors. Metadata values are stored as JSON strings.
 
     For an effv2 model the card (name, spec, sizes) is recorded, so the file alone rebuilds it.
@@ -81,8 +82,10 @@ def check_compatible(model: nn.Module, state: dict[str, torch.Tensor], source: s
         if key not in state:
             raise UsageError(f"{source}: architecture mismatch: key {key!r} is missing")
         if tuple(own[key].shape) != tuple(state[key].shape):
-            raise UsageError(f"{source}: architecture mismatch at {key!r}: "
-                             f"shape {tuple(state[key].shape)} in file, {tuple(own[key].shape)} in model")
+            raise UsageError(
+                f"{source}: architecture mismatch at {key!r}: "
+                f"shape {tuple(state[key].shape)} in file, {tuple(own[key].shape)} in model"
+            )
     for key in state:
         if key not in own:
             raise UsageError(f"{source}: architecture mismatch: unexpected key {key!r}")

@@ -80,8 +80,15 @@ class StridedDepthwiseConv2dSame(_Fp32UnderCpuBf16, Conv2dSame):
     """Depthwise conv with stride > 1 and TF 'SAME' padding (fp32 under CPU bf16 autocast)."""
 
 
-def make_conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
-              bias: bool = False, padding: str = "symmetric") -> nn.Conv2d:
+def make_conv(
+    in_ch: int,
+    out_ch: int,
+    kernel: int,
+    stride: int = 1,
+    groups: int = 1,
+    bias: bool = False,
+    padding: str = "symmetric",
+) -> nn.Conv2d:
     strided_dw = stride > 1 and groups > 1 and groups == in_ch == out_ch
     # For stride 1 and odd kernels TF 'SAME' is symmetric, so a plain conv is exact and faster.
     if padding == "tf_same" and stride > 1:
@@ -92,6 +99,7 @@ def make_conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int
 
 
 # -- norm layers ------------------------------------------------------------------------------
+
 
 class DualBatchNorm2d(nn.BatchNorm2d):
     """AdvProp's BN pair: main BN for clean images, ``aux`` BN for adversarial ones (``use_aux``).
@@ -207,12 +215,23 @@ def act_factory(act: str) -> ActLayer:
 
 # -- blocks ------------------------------------------------------------------------------------
 
+
 class ConvBNAct(nn.Module):
     """conv -> norm -> act (or no activation for projection convs)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
-                 act: bool = True, *, norm_layer: NormLayer, act_layer: ActLayer = ACT_LAYERS["silu"],
-                 padding: str) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+        *,
+        norm_layer: NormLayer,
+        act_layer: ActLayer = ACT_LAYERS["silu"],
+        padding: str,
+    ) -> None:
         super().__init__()
         self.conv = make_conv(in_ch, out_ch, kernel, stride, groups, padding=padding)
         self.bn = norm_layer(out_ch)
@@ -258,9 +277,20 @@ def _se_width(in_ch: int, se: float) -> int:
 class MBConv(_Residual):
     """1x1 expand (skipped when expand == 1) -> kxk depthwise -> SE -> 1x1 project (no act)."""
 
-    def __init__(self, in_ch: int, out_ch: int, *, expand: int, kernel: int, stride: int, se: float,
-                 drop_path: float, norm_layer: NormLayer, act_layer: ActLayer = ACT_LAYERS["silu"],
-                 padding: str) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        expand: int,
+        kernel: int,
+        stride: int,
+        se: float,
+        drop_path: float,
+        norm_layer: NormLayer,
+        act_layer: ActLayer = ACT_LAYERS["silu"],
+        padding: str,
+    ) -> None:
         super().__init__()
         mid = in_ch * expand
         bn = dict(norm_layer=norm_layer, act_layer=act_layer, padding=padding)
@@ -277,9 +307,20 @@ class MBConv(_Residual):
 class FusedMBConv(_Residual):
     """kxk conv (in -> in*e) -> [SE] -> 1x1 project; with e == 1 a single kxk conv + BN + act."""
 
-    def __init__(self, in_ch: int, out_ch: int, *, expand: int, kernel: int, stride: int, se: float,
-                 drop_path: float, norm_layer: NormLayer, act_layer: ActLayer = ACT_LAYERS["silu"],
-                 padding: str) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        expand: int,
+        kernel: int,
+        stride: int,
+        se: float,
+        drop_path: float,
+        norm_layer: NormLayer,
+        act_layer: ActLayer = ACT_LAYERS["silu"],
+        padding: str,
+    ) -> None:
         super().__init__()
         bn = dict(norm_layer=norm_layer, act_layer=act_layer, padding=padding)
         if expand == 1:

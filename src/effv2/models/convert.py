@@ -53,12 +53,18 @@ class SourceArch:
 
 
 def _table() -> dict[tuple[str, str], SourceArch]:
-    rows = [SourceArch(source="torchvision", name=f"efficientnet_v2_{v}", model=f"efficientnetv2_{v}",
-                       padding="symmetric") for v in ("s", "m", "l")]
-    rows += [SourceArch(source="timm", name=f"efficientnetv2_{v}", model=f"efficientnetv2_{v}",
-                        padding="symmetric") for v in ("s", "m", "l", "xl")]
-    rows += [SourceArch(source="timm", name=f"tf_efficientnetv2_{v}", model=f"efficientnetv2_{v}",
-                        padding="tf_same") for v in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")]
+    rows = [
+        SourceArch(source="torchvision", name=f"efficientnet_v2_{v}", model=f"efficientnetv2_{v}", padding="symmetric")
+        for v in ("s", "m", "l")
+    ]
+    rows += [
+        SourceArch(source="timm", name=f"efficientnetv2_{v}", model=f"efficientnetv2_{v}", padding="symmetric")
+        for v in ("s", "m", "l", "xl")
+    ]
+    rows += [
+        SourceArch(source="timm", name=f"tf_efficientnetv2_{v}", model=f"efficientnetv2_{v}", padding="tf_same")
+        for v in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")
+    ]
     return {(r.source, r.name): r for r in rows}
 
 
@@ -83,11 +89,11 @@ def resolve_source(source: str, name: str) -> SourceArch:
     why = ""
     if "_rw_" in base:
         why = " (timm's efficientnetv2_rw_* are Ross Wightman's pre-release variants, a different architecture)"
-    raise ConversionError(f"{source} model {name!r} is not supported{why}; "
-                          f"valid: {', '.join(supported_names(source))}")
+    raise ConversionError(f"{source} model {name!r} is not supported{why}; valid: {', '.join(supported_names(source))}")
 
 
 # -- pairing leaf modules ----------------------------------------------------------------------
+
 
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The Conv2d / BatchNorm2d / Linear modules of ``model`` in registration order."""
@@ -101,8 +107,7 @@ def forward_leaf_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     data-flow order in every implementation.
     """
     order: list[str] = []
-    handles = [m.register_forward_hook(lambda _m, _i, _o, name=n: order.append(name))
-               for n, m in leaf_modules(model)]
+    handles = [m.register_forward_hook(lambda _m, _i, _o, name=n: order.append(name)) for n, m in leaf_modules(model)]
     was_training = model.training
     model.eval()
     try:
@@ -118,8 +123,16 @@ def forward_leaf_order(model: nn.Module, x: torch.Tensor) -> list[str]:
 def layer_signature(m: nn.Module) -> tuple[Any, ...]:
     """What must agree between paired modules: the layer type and its geometry, never padding."""
     if isinstance(m, nn.Conv2d):
-        return ("Conv2d", m.in_channels, m.out_channels, tuple(m.kernel_size), tuple(m.stride),
-                tuple(m.dilation), m.groups, m.bias is not None)
+        return (
+            "Conv2d",
+            m.in_channels,
+            m.out_channels,
+            tuple(m.kernel_size),
+            tuple(m.stride),
+            tuple(m.dilation),
+            m.groups,
+            m.bias is not None,
+        )
     if isinstance(m, nn.BatchNorm2d):
         return ("BatchNorm2d", m.num_features, m.affine, m.track_running_stats)
     if isinstance(m, nn.Linear):
@@ -148,8 +161,10 @@ def leaf_pairs(src: nn.Module, dst: nn.Module) -> list[tuple[str, nn.Module, str
     if len(a) != len(b):
         longer, name = (a, "source") if len(a) > len(b) else (b, "target")
         extra = longer[min(len(a), len(b))][0]
-        raise ConversionError(f"architectures differ: the source has {len(a)} conv/bn/linear layers, the target "
-                              f"{len(b)}; first unmatched {name} layer {extra!r}")
+        raise ConversionError(
+            f"architectures differ: the source has {len(a)} conv/bn/linear layers, the target "
+            f"{len(b)}; first unmatched {name} layer {extra!r}"
+        )
     return [(na, ma, nb, mb) for (na, ma), (nb, mb) in zip(a, b)]
 
 
@@ -164,20 +179,24 @@ def map_state_dict(src: nn.Module, dst: nn.Module) -> dict[str, torch.Tensor]:
     for na, ma, nb, mb in leaf_pairs(src, dst):
         ta, tb = ma.state_dict(keep_vars=True), mb.state_dict(keep_vars=True)
         if set(ta) != set(tb):
-            raise ConversionError(f"tensors differ at source {na!r} ({', '.join(sorted(ta))}) vs target {nb!r} "
-                                  f"({', '.join(sorted(tb))})")
+            raise ConversionError(
+                f"tensors differ at source {na!r} ({', '.join(sorted(ta))}) vs target {nb!r} ({', '.join(sorted(tb))})"
+            )
         for key, tensor in ta.items():
             if tensor.shape != tb[key].shape:
-                raise ConversionError(f"shape differs at source '{na}.{key}' {tuple(tensor.shape)} vs target "
-                                      f"'{nb}.{key}' {tuple(tb[key].shape)}")
+                raise ConversionError(
+                    f"shape differs at source '{na}.{key}' {tuple(tensor.shape)} vs target "
+                    f"'{nb}.{key}' {tuple(tb[key].shape)}"
+                )
             out[f"{nb}.{key}" if nb else key] = tensor.detach()
             used.add(f"{na}.{key}" if na else key)
     left_src = [k for k in src.state_dict() if k not in used]
     left_dst = [k for k in dst.state_dict() if k not in out]
     if left_src or left_dst:
         which, key = ("source", left_src[0]) if left_src else ("target", left_dst[0])
-        raise ConversionError(f"{which} tensor {key!r} is not inside a Conv2d/BatchNorm2d/Linear layer; "
-                              f"it would not be transferred")
+        raise ConversionError(
+            f"{which} tensor {key!r} is not inside a Conv2d/BatchNorm2d/Linear layer; it would not be transferred"
+        )
     return out
 
 
@@ -190,12 +209,15 @@ def transfer_weights(src: nn.Module, dst: nn.Module) -> None:
     """
     mapped = map_state_dict(src, dst)
     if any(t.is_meta for t in dst.state_dict().values()):
-        raise ValueError("transfer_weights: dst has tensors on the meta device, which copying cannot fill; "
-                         "build it on a real device (convert() handles meta targets itself)")
+        raise ValueError(
+            "transfer_weights: dst has tensors on the meta device, which copying cannot fill; "
+            "build it on a real device (convert() handles meta targets itself)"
+        )
     dst.load_state_dict(mapped, strict=True)
 
 
 # -- building the source from a state_dict ------------------------------------------------------
+
 
 def infer_io(source: str, state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
     """``(num_classes, in_chans)`` of a torchvision / timm state_dict, from classifier and stem shapes."""
@@ -215,8 +237,10 @@ def _import_timm() -> Any:
     try:
         import timm
     except ImportError:
-        raise ConversionError("timm is needed to convert timm weights and is not installed: "
-                              "pip install 'timm>=1.0,<1.1' (or pip install effv2[compare])") from None
+        raise ConversionError(
+            "timm is needed to convert timm weights and is not installed: "
+            "pip install 'timm>=1.0,<1.1' (or pip install effv2[compare])"
+        ) from None
     return timm
 
 
@@ -230,8 +254,9 @@ def _build_source(arch: SourceArch, name: str, num_classes: int, in_chans: int) 
         model = getattr(torchvision.models, arch.name)(weights=None, num_classes=num_classes)
         if in_chans != 3:  # torchvision hard-codes 3 input channels; swap the stem conv like timm does
             old = model.features[0][0]
-            model.features[0][0] = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride,
-                                             old.padding, bias=False)
+            model.features[0][0] = nn.Conv2d(
+                in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False
+            )
         return model
 
 
@@ -258,6 +283,7 @@ def _check_materialised(model: nn.Module, name: str) -> None:
 
 # -- conversion ---------------------------------------------------------------------------------
 
+
 def _bn_eps(model: nn.Module) -> float:
     eps = {float(m.eps) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
     if len(eps) != 1:
@@ -275,13 +301,21 @@ def source_preprocessing(arch: SourceArch, module: nn.Module | None = None) -> d
         if not cfg:
             return {}
         size = cfg.get("test_input_size") or cfg.get("input_size")
-        return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]),
-                "interpolation": str(cfg.get("interpolation", "bicubic")), "eval_size": int(size[-1])}
+        return {
+            "mean": tuple(cfg["mean"]),
+            "std": tuple(cfg["std"]),
+            "interpolation": str(cfg.get("interpolation", "bicubic")),
+            "eval_size": int(size[-1]),
+        }
     import torchvision
 
     tf = torchvision.models.get_model_weights(arch.name).DEFAULT.transforms()
-    return {"mean": tuple(tf.mean), "std": tuple(tf.std), "interpolation": tf.interpolation.value,
-            "eval_size": int(tf.crop_size[0])}
+    return {
+        "mean": tuple(tf.mean),
+        "std": tuple(tf.std),
+        "interpolation": tf.interpolation.value,
+        "eval_size": int(tf.crop_size[0]),
+    }
 
 
 def _resolve_names(source: str, module: nn.Module | None, model: str | None, src_name: str | None) -> SourceArch:
@@ -292,12 +326,16 @@ def _resolve_names(source: str, module: nn.Module | None, model: str | None, src
         src_name = cfg.get("architecture")
     if src_name is None and model is not None:
         if source == "timm":
-            raise ConversionError(f"timm has two conversions for {model} (tf_ padded and symmetric): "
-                                  f"pass src_name, one of {', '.join(supported_names('timm'))}")
+            raise ConversionError(
+                f"timm has two conversions for {model} (tf_ padded and symmetric): "
+                f"pass src_name, one of {', '.join(supported_names('timm'))}"
+            )
         src_name = next((a.name for a in SUPPORTED.values() if a.source == source and a.model == model), None)
         if src_name is None:
-            raise ConversionError(f"no torchvision model converts to {model!r}; "
-                                  f"valid: {', '.join(a.model for a in SUPPORTED.values() if a.source == source)}")
+            raise ConversionError(
+                f"no torchvision model converts to {model!r}; "
+                f"valid: {', '.join(a.model for a in SUPPORTED.values() if a.source == source)}"
+            )
     if src_name is None and module is not None and source == "torchvision":
         src_name = _match_torchvision(module)
     if src_name is None:
@@ -319,8 +357,12 @@ def _match_torchvision(module: nn.Module) -> str | None:
     return None
 
 
-def convert(source: Source, state_dict_or_module: Mapping[str, torch.Tensor] | nn.Module,
-            model: str | None = None, src_name: str | None = None) -> EfficientNetV2:
+def convert(
+    source: Source,
+    state_dict_or_module: Mapping[str, torch.Tensor] | nn.Module,
+    model: str | None = None,
+    src_name: str | None = None,
+) -> EfficientNetV2:
     """The effv2 model holding the weights of a torchvision or timm EfficientNetV2.
 
     ``state_dict_or_module`` is a source model or its state_dict. ``src_name`` is the source's
@@ -348,11 +390,18 @@ def _convert_module(arch: SourceArch, src: nn.Module) -> EfficientNetV2:
     card = get_card(arch.model)
     spec = card.spec.with_overrides(padding=arch.padding, bn_eps=_bn_eps(src))
     pre = source_preprocessing(arch, src) if in_chans == 3 else {}
-    card = replace(card, spec=spec, notes=f"converted from {arch.source} {arch.name}",
-                   tags=(*card.tags, "converted"), **pre)
+    card = replace(
+        card, spec=spec, notes=f"converted from {arch.source} {arch.name}", tags=(*card.tags, "converted"), **pre
+    )
     with torch.device("meta"):  # no memory and no random init: every tensor is replaced below
-        dst = EfficientNetV2(spec, num_classes=num_classes, in_chans=in_chans, drop_rate=card.dropout,
-                             drop_path_rate=card.drop_path, card=card)
+        dst = EfficientNetV2(
+            spec,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            drop_rate=card.dropout,
+            drop_path_rate=card.drop_path,
+            card=card,
+        )
     mapped = map_state_dict(src, dst)
     own = dst.state_dict()
     # A fresh CPU tensor per entry, in the target's dtype: the result never shares memory with src.
@@ -362,8 +411,9 @@ def _convert_module(arch: SourceArch, src: nn.Module) -> EfficientNetV2:
     return dst
 
 
-def max_logit_diff(a: nn.Module, b: nn.Module, *, image_size: int, batch: int = 2, seed: int = 0,
-                   in_chans: int | None = None) -> float:
+def max_logit_diff(
+    a: nn.Module, b: nn.Module, *, image_size: int, batch: int = 2, seed: int = 0, in_chans: int | None = None
+) -> float:
     """Max |a(x) - b(x)| over the logits, eval mode, on one seeded normal input batch (modes restored)."""
     in_chans = in_chans or getattr(b, "in_chans", None) or getattr(a, "in_chans", 3)
     x = torch.randn(batch, in_chans, image_size, image_size, generator=torch.Generator().manual_seed(seed))

@@ -24,10 +24,18 @@ class EfficientNetV2(nn.Module):
     cannot name.
     """
 
-    def __init__(self, spec: ArchSpec, num_classes: int = 1000, in_chans: int = 3,
-                 drop_rate: float = 0.2, drop_path_rate: float = 0.2,
-                 card: ModelCard | None = None, *, norm_layer: NormLayer | None = None,
-                 act_layer: ActLayer | None = None) -> None:
+    def __init__(
+        self,
+        spec: ArchSpec,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.2,
+        drop_path_rate: float = 0.2,
+        card: ModelCard | None = None,
+        *,
+        norm_layer: NormLayer | None = None,
+        act_layer: ActLayer | None = None,
+    ) -> None:
         super().__init__()
         if num_classes < 0:
             raise ValueError(f"num_classes: expected >= 0, got {num_classes}")
@@ -42,8 +50,11 @@ class EfficientNetV2(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_path_rate = drop_path_rate
-        bn = dict(norm_layer=norm_layer or norm_factory(spec.norm, spec.bn_eps, spec.bn_momentum),
-                  act_layer=act_layer or act_factory(spec.act), padding=spec.padding)
+        bn = dict(
+            norm_layer=norm_layer or norm_factory(spec.norm, spec.bn_eps, spec.bn_momentum),
+            act_layer=act_layer or act_factory(spec.act),
+            padding=spec.padding,
+        )
 
         self.stem = ConvBNAct(in_chans, spec.stem_channels, 3, spec.stem_stride, **bn)
         rows = spec.scaled_stages()
@@ -53,10 +64,18 @@ class EfficientNetV2(nn.Module):
             blocks = []
             for j in range(row.repeats):
                 # Stochastic depth grows linearly with block index: rate * idx / total (official).
-                blocks.append(BLOCKS[row.block](
-                    in_ch, row.out, expand=row.expand, kernel=row.kernel,
-                    stride=row.stride if j == 0 else 1, se=row.se,
-                    drop_path=drop_path_rate * idx / total, **bn))
+                blocks.append(
+                    BLOCKS[row.block](
+                        in_ch,
+                        row.out,
+                        expand=row.expand,
+                        kernel=row.kernel,
+                        stride=row.stride if j == 0 else 1,
+                        se=row.se,
+                        drop_path=drop_path_rate * idx / total,
+                        **bn,
+                    )
+                )
                 in_ch, idx = row.out, idx + 1
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)

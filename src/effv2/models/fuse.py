@@ -64,8 +64,10 @@ def fold_bn(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     The count of folded pairs is stored on the result as ``model.folded_bn`` (int).
     """
     if any(isinstance(m, DualBatchNorm2d) and m.use_aux for m in model.modules()):
-        raise UsageError("fold_bn: the model is in aux BN mode; fold_bn folds the main BNs, so switch "
-                         "back first (model.set_bn_mode('main'))")
+        raise UsageError(
+            "fold_bn: the model is in aux BN mode; fold_bn folds the main BNs, so switch "
+            "back first (model.set_bn_mode('main'))"
+        )
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     folded = 0

@@ -18,29 +18,59 @@ F, M = "fused", "mbconv"
 
 def _row(block: str, expand: int, repeats: int, out: int, stride: int, se: float | None = None) -> Stage:
     # Official V2 tables: Fused blocks never have SE, MBConv blocks always SE 0.25.
-    return Stage(block=block, expand=expand, kernel=3, stride=stride,
-                 se=(0.25 if block == M else 0.0) if se is None else se, out=out, repeats=repeats)
+    return Stage(
+        block=block,
+        expand=expand,
+        kernel=3,
+        stride=stride,
+        se=(0.25 if block == M else 0.0) if se is None else se,
+        out=out,
+        repeats=repeats,
+    )
 
 
 BASE_B = (  # EfficientNetV2-B0 base (effnetv2_configs.v2_base_block)
-    _row(F, 1, 1, 16, 1), _row(F, 4, 2, 32, 2), _row(F, 4, 2, 48, 2),
-    _row(M, 4, 3, 96, 2), _row(M, 6, 5, 112, 1), _row(M, 6, 8, 192, 2),
+    _row(F, 1, 1, 16, 1),
+    _row(F, 4, 2, 32, 2),
+    _row(F, 4, 2, 48, 2),
+    _row(M, 4, 3, 96, 2),
+    _row(M, 6, 5, 112, 1),
+    _row(M, 6, 8, 192, 2),
 )
 V2_S = (
-    _row(F, 1, 2, 24, 1), _row(F, 4, 4, 48, 2), _row(F, 4, 4, 64, 2),
-    _row(M, 4, 6, 128, 2), _row(M, 6, 9, 160, 1), _row(M, 6, 15, 256, 2),
+    _row(F, 1, 2, 24, 1),
+    _row(F, 4, 4, 48, 2),
+    _row(F, 4, 4, 64, 2),
+    _row(M, 4, 6, 128, 2),
+    _row(M, 6, 9, 160, 1),
+    _row(M, 6, 15, 256, 2),
 )
 V2_M = (
-    _row(F, 1, 3, 24, 1), _row(F, 4, 5, 48, 2), _row(F, 4, 5, 80, 2),
-    _row(M, 4, 7, 160, 2), _row(M, 6, 14, 176, 1), _row(M, 6, 18, 304, 2), _row(M, 6, 5, 512, 1),
+    _row(F, 1, 3, 24, 1),
+    _row(F, 4, 5, 48, 2),
+    _row(F, 4, 5, 80, 2),
+    _row(M, 4, 7, 160, 2),
+    _row(M, 6, 14, 176, 1),
+    _row(M, 6, 18, 304, 2),
+    _row(M, 6, 5, 512, 1),
 )
 V2_L = (
-    _row(F, 1, 4, 32, 1), _row(F, 4, 7, 64, 2), _row(F, 4, 7, 96, 2),
-    _row(M, 4, 10, 192, 2), _row(M, 6, 19, 224, 1), _row(M, 6, 25, 384, 2), _row(M, 6, 7, 640, 1),
+    _row(F, 1, 4, 32, 1),
+    _row(F, 4, 7, 64, 2),
+    _row(F, 4, 7, 96, 2),
+    _row(M, 4, 10, 192, 2),
+    _row(M, 6, 19, 224, 1),
+    _row(M, 6, 25, 384, 2),
+    _row(M, 6, 7, 640, 1),
 )
 V2_XL = (
-    _row(F, 1, 4, 32, 1), _row(F, 4, 8, 64, 2), _row(F, 4, 8, 96, 2),
-    _row(M, 4, 16, 192, 2), _row(M, 6, 24, 256, 1), _row(M, 6, 32, 512, 2), _row(M, 6, 8, 640, 1),
+    _row(F, 1, 4, 32, 1),
+    _row(F, 4, 8, 64, 2),
+    _row(F, 4, 8, 96, 2),
+    _row(M, 4, 16, 192, 2),
+    _row(M, 6, 24, 256, 1),
+    _row(M, 6, 32, 512, 2),
+    _row(M, 6, 8, 640, 1),
 )
 # Small-image variants (28-64 px), total stride 8 so a 28 px image ends at 4x4.
 # "mini" is the Fashion-MNIST demo model: stem stride 2, three Fused stages, one MBConv stage. A
@@ -48,7 +78,10 @@ V2_XL = (
 # the 2-core CPU for no measured accuracy gain at equal wall time (README, "Models").
 # "pico" is a toy for tests and smoke runs.
 MINI = (
-    _row(F, 1, 1, 24, 1), _row(F, 4, 2, 48, 2), _row(F, 4, 2, 96, 2), _row(M, 4, 2, 160, 1),
+    _row(F, 1, 1, 24, 1),
+    _row(F, 4, 2, 48, 2),
+    _row(F, 4, 2, 96, 2),
+    _row(M, 4, 2, 160, 1),
 )
 PICO = (_row(F, 1, 1, 8, 1), _row(F, 4, 1, 16, 2), _row(M, 4, 1, 24, 2))
 
@@ -74,11 +107,30 @@ _card("efficientnetv2_s", ArchSpec(stages=V2_S, stem=24), 300, 384, 0.2)
 _card("efficientnetv2_m", ArchSpec(stages=V2_M, stem=24), 384, 480, 0.3)
 _card("efficientnetv2_l", ArchSpec(stages=V2_L, stem=32), 384, 480, 0.4)
 _card("efficientnetv2_xl", ArchSpec(stages=V2_XL, stem=32), 384, 512, 0.4)
-_card("efficientnetv2_mini", ArchSpec(stages=MINI, stem=24, head=640, stem_stride=2), 28, 28, 0.1,
-      drop_path=0.05, mean=(0.5,), std=(0.5,), interpolation="bilinear",
-      notes="small-image variant (28-64 px), the Fashion-MNIST demo model", tags=("small",))
-_card("efficientnetv2_pico", ArchSpec(stages=PICO, stem=8, head=64, stem_stride=1), 32, 32, 0.0,
-      drop_path=0.0, interpolation="bilinear", notes="toy model for tests and smoke runs", tags=("small", "toy"))
+_card(
+    "efficientnetv2_mini",
+    ArchSpec(stages=MINI, stem=24, head=640, stem_stride=2),
+    28,
+    28,
+    0.1,
+    drop_path=0.05,
+    mean=(0.5,),
+    std=(0.5,),
+    interpolation="bilinear",
+    notes="small-image variant (28-64 px), the Fashion-MNIST demo model",
+    tags=("small",),
+)
+_card(
+    "efficientnetv2_pico",
+    ArchSpec(stages=PICO, stem=8, head=64, stem_stride=1),
+    32,
+    32,
+    0.0,
+    drop_path=0.0,
+    interpolation="bilinear",
+    notes="toy model for tests and smoke runs",
+    tags=("small", "toy"),
+)
 
 PAPER_MODELS = tuple(f"efficientnetv2_{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl"))
 
@@ -100,18 +152,30 @@ def get_card(name: str) -> ModelCard:
 
         extra = json.loads(path.read_text())
         sizes = extra if isinstance(extra, dict) and "spec" in extra else {}
-        return ModelCard(name=path.stem, spec=spec, train_size=int(sizes.get("train_size", 224)),
-                         eval_size=int(sizes.get("eval_size", sizes.get("train_size", 224))),
-                         dropout=float(sizes.get("dropout", 0.2)), drop_path=float(sizes.get("drop_path", 0.2)),
-                         mean=tuple(sizes.get("mean", (0.5, 0.5, 0.5))), std=tuple(sizes.get("std", (0.5, 0.5, 0.5))),
-                         interpolation=str(sizes.get("interpolation", "bicubic")))
+        return ModelCard(
+            name=path.stem,
+            spec=spec,
+            train_size=int(sizes.get("train_size", 224)),
+            eval_size=int(sizes.get("eval_size", sizes.get("train_size", 224))),
+            dropout=float(sizes.get("dropout", 0.2)),
+            drop_path=float(sizes.get("drop_path", 0.2)),
+            mean=tuple(sizes.get("mean", (0.5, 0.5, 0.5))),
+            std=tuple(sizes.get("std", (0.5, 0.5, 0.5))),
+            interpolation=str(sizes.get("interpolation", "bicubic")),
+        )
     close = [n for n in _REGISTRY if name.split("_")[-1] in n] if "_" in name else []
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise SpecError(f"unknown model {name!r}{hint}; valid: {', '.join(_REGISTRY)} or a spec file *.json")
 
 
-def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, drop_rate: float | None = None,
-                 drop_path_rate: float | None = None, **overrides: Any) -> EfficientNetV2:
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    drop_rate: float | None = None,
+    drop_path_rate: float | None = None,
+    **overrides: Any,
+) -> EfficientNetV2:
     """Build a registered model (or a saved spec file).
 
     ``overrides`` change the architecture's scalar fields (width_mult, depth_mult, stem_stride,
@@ -123,7 +187,9 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, drop_rat
     card = get_card(name)
     spec = card.spec.with_overrides(**overrides) if overrides else card.spec
     return EfficientNetV2(
-        spec, num_classes=num_classes, in_chans=in_chans,
+        spec,
+        num_classes=num_classes,
+        in_chans=in_chans,
         drop_rate=card.dropout if drop_rate is None else drop_rate,
         drop_path_rate=card.drop_path if drop_path_rate is None else drop_path_rate,
         card=card,

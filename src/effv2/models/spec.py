@@ -83,7 +83,7 @@ class Stage:
         return f"{self.block}_e{self.expand}_k{self.kernel}_s{self.stride}_se{se}_c{self.out}_r{self.repeats}"
 
     @classmethod
-    def from_str(cls, text: str) -> "Stage":
+    def from_str(cls, text: str) -> Stage:
         parts = text.strip().split("_")
         if len(parts) != 7:
             raise SpecError(f"stage string {text!r}: expected block_eE_kK_sS_seR_cC_rN")
@@ -93,11 +93,17 @@ class Stage:
         for prefix, part in zip(prefixes, rest):
             if not part.startswith(prefix) or (prefix == "s" and part.startswith("se")):
                 raise SpecError(f"stage string {text!r}: expected field {prefix!r}, got {part!r}")
-            values[prefix] = part[len(prefix):]
+            values[prefix] = part[len(prefix) :]
         try:
-            return cls(block=block, expand=int(values["e"]), kernel=int(values["k"]),
-                       stride=int(values["s"]), se=float(values["se"]), out=int(values["c"]),
-                       repeats=int(values["r"]))
+            return cls(
+                block=block,
+                expand=int(values["e"]),
+                kernel=int(values["k"]),
+                stride=int(values["s"]),
+                se=float(values["se"]),
+                out=int(values["c"]),
+                repeats=int(values["r"]),
+            )
         except ValueError as exc:
             if isinstance(exc, SpecError):
                 raise
@@ -158,8 +164,7 @@ class ArchSpec:
     def scaled_stages(self) -> tuple[Stage, ...]:
         """The rows after the width and depth multipliers: what the builder actually builds."""
         return tuple(
-            replace(s, out=round_channels(s.out, self.width_mult),
-                    repeats=round_repeats(s.repeats, self.depth_mult))
+            replace(s, out=round_channels(s.out, self.width_mult), repeats=round_repeats(s.repeats, self.depth_mult))
             for s in self.stages
         )
 
@@ -174,7 +179,7 @@ class ArchSpec:
             stride *= s.stride
         return stride
 
-    def with_overrides(self, **overrides: Any) -> "ArchSpec":
+    def with_overrides(self, **overrides: Any) -> ArchSpec:
         valid = sorted(f.name for f in fields(self) if f.name != "stages")
         unknown = sorted(set(overrides) - set(valid))
         if unknown:
@@ -188,8 +193,18 @@ class ArchSpec:
         rows.append(("stem", "conv3x3", "-", "3", str(self.stem_stride), "-", str(self.stem_channels), "1"))
         for i, s in enumerate(self.scaled_stages(), start=1):
             block = "Fused-MBConv" if s.block == "fused" else "MBConv"
-            rows.append((str(i), block, str(s.expand), str(s.kernel), str(s.stride),
-                         f"{s.se:g}" if s.se else "-", str(s.out), str(s.repeats)))
+            rows.append(
+                (
+                    str(i),
+                    block,
+                    str(s.expand),
+                    str(s.kernel),
+                    str(s.stride),
+                    f"{s.se:g}" if s.se else "-",
+                    str(s.out),
+                    str(s.repeats),
+                )
+            )
         rows.append(("head", "conv1x1", "-", "1", "1", "-", str(self.head_channels), "1"))
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
@@ -198,8 +213,7 @@ class ArchSpec:
 
     def to_str(self) -> str:
         """Compact one-line form: ``stem24/s2|fused_e1_..|...|head1280[|w1.0|d1.0]``."""
-        parts = [f"stem{self.stem}/s{self.stem_stride}", *(s.to_str() for s in self.stages),
-                 f"head{self.head}"]
+        parts = [f"stem{self.stem}/s{self.stem_stride}", *(s.to_str() for s in self.stages), f"head{self.head}"]
         if self.width_mult != 1.0:
             parts.append(f"w{format_number(self.width_mult)}")
         if self.depth_mult != 1.0:
@@ -207,7 +221,7 @@ class ArchSpec:
         return "|".join(parts)
 
     @classmethod
-    def from_str(cls, text: str) -> "ArchSpec":
+    def from_str(cls, text: str) -> ArchSpec:
         parts = [p for p in text.strip().split("|") if p]
         if len(parts) < 3 or not parts[0].startswith("stem") or not any(p.startswith("head") for p in parts):
             raise SpecError(f"spec string {text!r}: expected stemC/sS|stage|...|headC[|wX][|dY]")
@@ -241,7 +255,7 @@ class ArchSpec:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "spec") -> "ArchSpec":
+    def from_dict(cls, data: dict[str, Any], *, source: str = "spec") -> ArchSpec:
         if not isinstance(data, dict):
             raise SpecError(f"{source}: expected a JSON object, got {type(data).__name__}")
         valid = {f.name for f in fields(cls)}
@@ -272,7 +286,7 @@ class ArchSpec:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "ArchSpec":
+    def load(cls, path: str | Path) -> ArchSpec:
         p = Path(path)
         try:
             data = json.loads(p.read_text())
@@ -311,7 +325,7 @@ class ModelCard:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         d = dict(data)
         d["spec"] = ArchSpec.from_dict(d["spec"])
         for k in ("mean", "std", "tags"):

@@ -29,8 +29,19 @@ from .distributed import Dist, init_distributed
 AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-__all__ = ["AMP_MODES", "Dist", "Runtime", "autocast", "deterministic", "resolve_amp", "resolve_channels_last",
-           "resolve_device", "resolve_runtime", "synchronize", "use_threads"]
+__all__ = [
+    "AMP_MODES",
+    "Dist",
+    "Runtime",
+    "autocast",
+    "deterministic",
+    "resolve_amp",
+    "resolve_channels_last",
+    "resolve_device",
+    "resolve_runtime",
+    "synchronize",
+    "use_threads",
+]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -43,11 +54,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError) as exc:
-            raise UsageError(f"--device {device!r}: not a torch device ({exc}); use auto, cpu, cuda or cuda:N") from None
+            raise UsageError(
+                f"--device {device!r}: not a torch device ({exc}); use auto, cpu, cuda or cuda:N"
+            ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine (torch.cuda.is_available() "
-                             f"is False)")
+            raise UsageError(
+                f"--device {device}: CUDA is not available on this machine (torch.cuda.is_available() is False)"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type == "mps":
@@ -59,7 +73,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_amp(amp: str, device: torch.device, batch_size: int | None = None) -> str:
-    """"auto" -> the fast default for ``device`` (and batch); else the mode itself, checked."""
+    """ "auto" -> the fast default for ``device`` (and batch); else the mode itself, checked."""
     if amp == "auto":
         from ..bench.machine import fast_defaults
 
@@ -127,7 +141,8 @@ class Runtime:
         net: nn.Module = model
         if self.dist.enabled:
             net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
+                model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None
+            )
         if self.compile:
             net = torch.compile(net)
         return net
@@ -136,20 +151,37 @@ class Runtime:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def describe(self) -> dict[str, Any]:
-        return {"device": str(self.device), "amp": self.amp, "channels_last": self.channels_last,
-                "compile": self.compile, "world_size": self.dist.world_size}
+        return {
+            "device": str(self.device),
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "world_size": self.dist.world_size,
+        }
 
 
-def resolve_runtime(device: str | torch.device = "auto", *, amp: str = "auto", channels_last: str | bool = "auto",
-                    compile: bool = False, batch_size: int | None = None, distributed: bool = False) -> Runtime:
+def resolve_runtime(
+    device: str | torch.device = "auto",
+    *,
+    amp: str = "auto",
+    channels_last: str | bool = "auto",
+    compile: bool = False,
+    batch_size: int | None = None,
+    distributed: bool = False,
+) -> Runtime:
     """The policy for this process. ``distributed=True`` joins torchrun's process group (a no-op
     when not launched by torchrun) and puts each rank on its own GPU."""
     dev = resolve_device(device)
     dist = init_distributed(dev.type) if distributed else Dist()
     if dev.type == "cuda" and dist.enabled:
         dev = torch.device("cuda", dist.local_rank)
-    return Runtime(device=dev, amp=resolve_amp(amp, dev, batch_size),
-                   channels_last=resolve_channels_last(channels_last, dev), compile=bool(compile), dist=dist)
+    return Runtime(
+        device=dev,
+        amp=resolve_amp(amp, dev, batch_size),
+        channels_last=resolve_channels_last(channels_last, dev),
+        compile=bool(compile),
+        dist=dist,
+    )
 
 
 @contextlib.contextmanager
@@ -160,8 +192,11 @@ def deterministic(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.benchmark)
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     try:

@@ -63,8 +63,9 @@ class SearchConfig:
         if self.workers < 1:
             raise UsageError(f"--workers: expected at least 1, got {self.workers}")
         if self.predictor_screen < 0 or self.predictor_screen == 1:
-            raise UsageError(f"--predictor-screen: expected 0 (off) or at least 2 candidates, "
-                             f"got {self.predictor_screen}")
+            raise UsageError(
+                f"--predictor-screen: expected 0 (off) or at least 2 candidates, got {self.predictor_screen}"
+            )
         if not 0 <= self.explore <= 1:
             raise UsageError(f"explore: expected a share in [0, 1], got {self.explore}")
         if self.threads is not None and self.threads < 1:

@@ -44,8 +44,16 @@ def model_params(spec: ArchSpec, *, in_chans: int = 3, num_classes: int = 1000) 
         return count_params(model)
 
 
-def reward(top1: float, *, step_s: float, params: int, base_step_s: float, base_params: int,
-           w: float = REWARD_W, v: float = REWARD_V) -> float:
+def reward(
+    top1: float,
+    *,
+    step_s: float,
+    params: int,
+    base_step_s: float,
+    base_params: int,
+    w: float = REWARD_W,
+    v: float = REWARD_V,
+) -> float:
     """``A * S^w * P^v`` with A = top-1 as a fraction, S and P normalised by the backbone's.
 
     Normalising P only multiplies every reward by the same constant (base_params^-v), so the

@@ -38,13 +38,29 @@ from .worker import _Worker, _worker_main
 # The search is split by job: .config (settings, budget), .storage (opening a study, reading a
 # folder back), .resume (creating or resuming the study), .worker (one process's trials); the
 # names above stay importable from here.
-__all__ = ["PROXY_KEYS", "STUDY_NAME", "Evaluate", "SearchConfig", "best_specs_of", "load_study", "open_results",
-           "open_storage", "parse_budget", "run_search"]
+__all__ = [
+    "PROXY_KEYS",
+    "STUDY_NAME",
+    "Evaluate",
+    "SearchConfig",
+    "best_specs_of",
+    "load_study",
+    "open_results",
+    "open_storage",
+    "parse_budget",
+    "run_search",
+]
 
 
 # -- the whole search ------------------------------------------------------------------------------
-def run_search(space: SearchSpace, evaluate: Evaluate, config: SearchConfig, *,
-               step_time: Callable[[ArchSpec], float] | None = None, task: TaskInfo | None = None) -> dict[str, Any]:
+def run_search(
+    space: SearchSpace,
+    evaluate: Evaluate,
+    config: SearchConfig,
+    *,
+    step_time: Callable[[ArchSpec], float] | None = None,
+    task: TaskInfo | None = None,
+) -> dict[str, Any]:
     """Run (or resume) a search; returns ``{"best": row, "complete": n, "failed": n, "out_dir": ...}``.
 
     ``evaluate(spec, trial_dir) -> {"top1": ..., ...}``; ``step_time(spec) -> seconds`` defaults to
@@ -79,8 +95,14 @@ def run_search(space: SearchSpace, evaluate: Evaluate, config: SearchConfig, *,
             _Worker(space, evaluate, config, index=0, step_time=step_time, task=task).run(deadline)
         else:
             ctx = mp.get_context("spawn")  # fresh interpreters: safe with torch threads and CUDA
-            procs = [ctx.Process(target=_worker_main, args=(space, evaluate, config, i, step_time, task, deadline),
-                                 name=f"effv2-search-{i}") for i in range(config.workers)]
+            procs = [
+                ctx.Process(
+                    target=_worker_main,
+                    args=(space, evaluate, config, i, step_time, task, deadline),
+                    name=f"effv2-search-{i}",
+                )
+                for i in range(config.workers)
+            ]
             for p in procs:
                 p.start()
             try:
@@ -92,13 +114,19 @@ def run_search(space: SearchSpace, evaluate: Evaluate, config: SearchConfig, *,
                 raise
             bad = [p.exitcode for p in procs if p.exitcode]
             if bad:
-                raise UsageError(f"{len(bad)} of {config.workers} workers failed (exit codes {bad}); "
-                                 f"see their errors above")
+                raise UsageError(
+                    f"{len(bad)} of {config.workers} workers failed (exit codes {bad}); see their errors above"
+                )
     rows = write_results(study, space, out, plot=True)
     done = [r for r in rows if r["state"] == "COMPLETE"]
     if not config.quiet and done:
         print(format_table(rows))
         print(f"wrote {out / 'trials.csv'}, {out / 'pareto.png'}, {out / 'best_spec.json'}")
     best = max(done, key=lambda r: r["reward"]) if done else None
-    return {"best": best, "complete": len(done), "failed": sum(r["state"] == "FAIL" for r in rows),
-            "out_dir": str(out), "storage": config.storage_url}
+    return {
+        "best": best,
+        "complete": len(done),
+        "failed": sum(r["state"] == "FAIL" for r in rows),
+        "out_dir": str(out),
+        "storage": config.storage_url,
+    }

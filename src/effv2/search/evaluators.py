@@ -44,8 +44,10 @@ def equal_time_epochs(seconds: float, *, step_s: float, steps_per_epoch: int, ov
     """Epochs of a candidate that fit in ``seconds`` of proxy training: its measured step time x
     steps per epoch x ``overhead`` for data loading and evaluation (pure; at least 1)."""
     if not (seconds > 0 and step_s > 0 and steps_per_epoch >= 1 and overhead >= 1):
-        raise UsageError(f"equal-time proxy: need seconds, step_s > 0, steps_per_epoch >= 1, overhead >= 1; got "
-                         f"{seconds!r}, {step_s!r}, {steps_per_epoch!r}, {overhead!r}")
+        raise UsageError(
+            f"equal-time proxy: need seconds, step_s > 0, steps_per_epoch >= 1, overhead >= 1; got "
+            f"{seconds!r}, {step_s!r}, {steps_per_epoch!r}, {overhead!r}"
+        )
     return max(1, int(seconds // (overhead * step_s * steps_per_epoch)))
 
 
@@ -130,8 +132,12 @@ class ProxyEvaluator:
             if self.time_budget_s is not None:
                 out.append(f"time_budget_s={self.time_budget_s:g}")
             source = self.bundle().source
-            rec, _ = resolve_recipe(self.recipe, model=self.backbone, dataset=source,
-                                    overrides=out + ["progressive.min_size=1"] + list(self.overrides))
+            rec, _ = resolve_recipe(
+                self.recipe,
+                model=self.backbone,
+                dataset=source,
+                overrides=out + ["progressive.min_size=1"] + list(self.overrides),
+            )
             if "progressive.min_size=" not in " ".join(self.overrides):
                 base, _ = resolve_recipe(self.recipe, model=self.backbone, dataset=source)
                 out.append(f"progressive.min_size={min(base.progressive.min_size, self.image_size)}")
@@ -149,8 +155,9 @@ class ProxyEvaluator:
     @property
     def task(self) -> TaskInfo:
         b = self.bundle()
-        return TaskInfo(in_chans=b.in_chans, num_classes=b.num_classes, image_size=self.image_size,
-                        batch_size=self.batch())
+        return TaskInfo(
+            in_chans=b.in_chans, num_classes=b.num_classes, image_size=self.image_size, batch_size=self.batch()
+        )
 
     def describe(self) -> dict[str, Any]:
         # not asdict(): it would deep-copy the loaded data set held in _bundle
@@ -174,8 +181,12 @@ class ProxyEvaluator:
         self._overrides()
         rec = self._recipe
         rt = resolve_runtime(self._device(), amp=rec.amp, channels_last=rec.channels_last, batch_size=self.batch())
-        return {"amp": rt.amp, "channels_last": rt.channels_last, "optimizer": rec.optimizer,
-                "task": getattr(rec, "task", "classify")}
+        return {
+            "amp": rt.amp,
+            "channels_last": rt.channels_last,
+            "optimizer": rec.optimizer,
+            "task": getattr(rec, "task", "classify"),
+        }
 
     def step_time(self, spec: ArchSpec) -> float:
         """One training step timed as the trainer runs it (the recipe's task, optimizer, amp and
@@ -186,10 +197,19 @@ class ProxyEvaluator:
         t = self.task
         ex = self.execution()
         model = EfficientNetV2(spec, num_classes=t.num_classes, in_chans=t.in_chans)
-        res = time_train_step(model, batch_size=t.batch_size, image_size=t.image_size, in_chans=t.in_chans,
-                              num_classes=t.num_classes, steps=self.timing_steps, warmup=self.timing_warmup,
-                              device=self._device(), amp=ex["amp"], channels_last=ex["channels_last"],
-                              recipe=self._recipe)
+        res = time_train_step(
+            model,
+            batch_size=t.batch_size,
+            image_size=t.image_size,
+            in_chans=t.in_chans,
+            num_classes=t.num_classes,
+            steps=self.timing_steps,
+            warmup=self.timing_warmup,
+            device=self._device(),
+            amp=ex["amp"],
+            channels_last=ex["channels_last"],
+            recipe=self._recipe,
+        )
         self._steps[spec] = float(res["step_s"])  # the equal-time proxy plans from the same timing
         return float(res["step_s"])
 
@@ -208,8 +228,16 @@ class ProxyEvaluator:
         card = Path(trial_dir) / "spec.json"
         epochs = self.epochs_for(spec)
         extra = [] if self.equal_time_s is None else [f"epochs={epochs}"]  # else the user's --set epochs wins
-        summary = train(str(card), self.bundle(), Path(trial_dir) / "run", recipe=self.recipe,
-                        overrides=self._overrides() + extra, seed=self.seed, quiet=True, device=self.device)
+        summary = train(
+            str(card),
+            self.bundle(),
+            Path(trial_dir) / "run",
+            recipe=self.recipe,
+            overrides=self._overrides() + extra,
+            seed=self.seed,
+            quiet=True,
+            device=self.device,
+        )
         keys = ("top1", "top5", "best_top1", "train_s", "wall_s", "images_seen", "img_per_s")
         out = {k: summary[k] for k in keys if k in summary}
         out["proxy_epochs"] = epochs
@@ -262,15 +290,15 @@ class SyntheticEvaluator:
 
     @property
     def task(self) -> TaskInfo:
-        return TaskInfo(in_chans=self.in_chans, num_classes=self.num_classes, image_size=self.image_size,
-                        batch_size=self.batch_size)
+        return TaskInfo(
+            in_chans=self.in_chans, num_classes=self.num_classes, image_size=self.image_size, batch_size=self.batch_size
+        )
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "synthetic", "image_size": self.image_size, "delay_s": self.delay_s}
 
     def step_time(self, spec: ArchSpec) -> float:
-        macs = model_cost(spec, image_size=self.image_size, in_chans=self.in_chans,
-                          num_classes=self.num_classes).macs
+        macs = model_cost(spec, image_size=self.image_size, in_chans=self.in_chans, num_classes=self.num_classes).macs
         return synthetic_step_s(spec, macs=macs, batch_size=self.batch_size)
 
     def __call__(self, spec: ArchSpec, trial_dir: Path) -> dict[str, Any]:

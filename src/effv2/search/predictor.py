@@ -43,8 +43,16 @@ def encode(spec: ArchSpec, cost: Cost) -> np.ndarray:
     """The feature vector of one architecture (see :func:`feature_names`)."""
     feats: list[float] = []
     for s in spec.scaled_stages():
-        feats += [float(s.block == "fused"), (s.kernel - 3) / 2.0, *(float(s.expand == e) for e in EXPANDS),
-                  math.log(s.expand), float(s.se > 0), float(s.repeats), math.log2(s.out), float(s.stride == 2)]
+        feats += [
+            float(s.block == "fused"),
+            (s.kernel - 3) / 2.0,
+            *(float(s.expand == e) for e in EXPANDS),
+            math.log(s.expand),
+            float(s.se > 0),
+            float(s.repeats),
+            math.log2(s.out),
+            float(s.stride == 2),
+        ]
     feats += [math.log10(cost.params), math.log10(max(cost.macs, 1)), float(spec.num_blocks)]
     return np.asarray(feats, dtype=np.float64)
 
@@ -96,7 +104,7 @@ class RidgePredictor:
     _w: np.ndarray | None = field(default=None, repr=False)
     _b: float = 0.0
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "RidgePredictor":
+    def fit(self, x: np.ndarray, y: np.ndarray) -> RidgePredictor:
         self._xs = _Standardizer(x)
         z = self._xs(x)
         self._b = float(y.mean())
@@ -126,7 +134,7 @@ class MLPEnsemble:
     _xs: _Standardizer | None = field(default=None, repr=False)
     _y: tuple[float, float] = (0.0, 1.0)
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "MLPEnsemble":
+    def fit(self, x: np.ndarray, y: np.ndarray) -> MLPEnsemble:
         self._xs = _Standardizer(x)
         y_mean, y_std = float(y.mean()), float(y.std()) or 1.0
         self._y = (y_mean, y_std)
@@ -141,8 +149,13 @@ class MLPEnsemble:
     def _fit_member(self, m: int, xt: torch.Tensor, yt: torch.Tensor) -> nn.Module:
         g = torch.Generator().manual_seed(self.seed * 1000 + m)
         idx = torch.randint(len(xt), (len(xt),), generator=g) if self.members > 1 else torch.arange(len(xt))
-        net = nn.Sequential(nn.Linear(xt.shape[1], self.hidden), nn.SiLU(), nn.Linear(self.hidden, self.hidden),
-                            nn.SiLU(), nn.Linear(self.hidden, 1))
+        net = nn.Sequential(
+            nn.Linear(xt.shape[1], self.hidden),
+            nn.SiLU(),
+            nn.Linear(self.hidden, self.hidden),
+            nn.SiLU(),
+            nn.Linear(self.hidden, 1),
+        )
         with torch.no_grad():  # seeded init U(-1/sqrt(fan_in), 1/sqrt(fan_in)), independent of the global RNG
             for layer in (mod for mod in net if isinstance(mod, nn.Linear)):
                 bound = 1.0 / math.sqrt(layer.in_features)
@@ -200,8 +213,15 @@ def features(records: Iterable[dict[str, Any]], *, image_size: int = 32) -> np.n
     return np.stack(rows)
 
 
-def predictor_report(trials: Sequence[dict[str, Any]], *, model: str = "mlp", target: str = "top1",
-                     test_fraction: float = 0.25, seed: int = 0, image_size: int = 32) -> dict[str, Any]:
+def predictor_report(
+    trials: Sequence[dict[str, Any]],
+    *,
+    model: str = "mlp",
+    target: str = "top1",
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    image_size: int = 32,
+) -> dict[str, Any]:
     """Fit on a random (seeded) part of the finished trials, score the held-out rest.
 
     ``trials``: dicts with ``spec`` (ArchSpec, dict or spec string), the ``target`` value and
@@ -219,5 +239,11 @@ def predictor_report(trials: Sequence[dict[str, Any]], *, model: str = "mlp", ta
     test, train = order[:n_test], order[n_test:]
     pred = make_predictor(model, seed=seed).fit(x[train], y[train])
     mean, _ = pred.predict(x[test])
-    return {"model": model, "target": target, "spearman": spearman(mean, y[test]),
-            "mae": float(np.abs(mean - y[test]).mean()), "n_train": int(len(train)), "n_test": int(n_test)}
+    return {
+        "model": model,
+        "target": target,
+        "spearman": spearman(mean, y[test]),
+        "mae": float(np.abs(mean - y[test]).mean()),
+        "n_train": int(len(train)),
+        "n_test": int(n_test),
+    }

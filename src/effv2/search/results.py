@@ -16,8 +16,25 @@ from ..io.atomic import atomic_write, atomic_write_text
 from ..models.spec import ArchSpec
 from .space import SearchSpace
 
-CSV_COLUMNS = ("trial", "state", "genotype", "top1", "top5", "step_ms", "params", "macs", "reward",
-               "screened", "predicted_top1", "duplicate_of", "retry_of", "train_s", "process", "spec", "error")
+CSV_COLUMNS = (
+    "trial",
+    "state",
+    "genotype",
+    "top1",
+    "top5",
+    "step_ms",
+    "params",
+    "macs",
+    "reward",
+    "screened",
+    "predicted_top1",
+    "duplicate_of",
+    "retry_of",
+    "train_s",
+    "process",
+    "spec",
+    "error",
+)
 
 
 def trial_record(t: FrozenTrial) -> dict[str, Any]:
@@ -26,15 +43,25 @@ def trial_record(t: FrozenTrial) -> dict[str, Any]:
     spec = a.get("spec")
     step_s = a.get("step_s")
     return {
-        "trial": t.number, "state": t.state.name, "genotype": a.get("genotype", ""),
-        "top1": a.get("top1"), "top5": a.get("top5"),
-        "step_ms": None if step_s is None else 1e3 * step_s, "step_s": step_s,
-        "params": a.get("params"), "macs": a.get("macs"),
+        "trial": t.number,
+        "state": t.state.name,
+        "genotype": a.get("genotype", ""),
+        "top1": a.get("top1"),
+        "top5": a.get("top5"),
+        "step_ms": None if step_s is None else 1e3 * step_s,
+        "step_s": step_s,
+        "params": a.get("params"),
+        "macs": a.get("macs"),
         "reward": t.value if t.state == TrialState.COMPLETE else None,
-        "screened": a.get("screened", 0), "predicted_top1": a.get("predicted_top1"),
-        "duplicate_of": a.get("duplicate_of"), "retry_of": t.system_attrs.get("failed_trial"),
-        "train_s": a.get("train_s"), "backbone": bool(a.get("backbone", False)), "process": a.get("process"),
-        "spec": spec, "error": a.get("error"),
+        "screened": a.get("screened", 0),
+        "predicted_top1": a.get("predicted_top1"),
+        "duplicate_of": a.get("duplicate_of"),
+        "retry_of": t.system_attrs.get("failed_trial"),
+        "train_s": a.get("train_s"),
+        "backbone": bool(a.get("backbone", False)),
+        "process": a.get("process"),
+        "spec": spec,
+        "error": a.get("error"),
     }
 
 
@@ -45,8 +72,10 @@ def records(study: optuna.Study, *, complete_only: bool = False) -> list[dict[st
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Trials not dominated in (lower step time, higher top-1), sorted by step time."""
-    pts = sorted((r for r in rows if r["step_ms"] is not None and r["top1"] is not None),
-                 key=lambda r: (r["step_ms"], -r["top1"]))
+    pts = sorted(
+        (r for r in rows if r["step_ms"] is not None and r["top1"] is not None),
+        key=lambda r: (r["step_ms"], -r["top1"]),
+    )
     front, best = [], -math.inf
     for r in pts:
         if r["top1"] > best:
@@ -84,17 +113,35 @@ def format_table(rows: list[dict[str, Any]], *, limit: int | None = 20) -> str:
     done.sort(key=lambda r: -r["reward"])
     shown = done if limit is None else done[:limit]
     backbone = [r for r in done if r["backbone"] and r not in shown]
-    head = ("trial", "architecture (per stage: F/M expand k kernel x layers +se)", "top1", "step ms", "params",
-            "reward", "seen")
+    head = (
+        "trial",
+        "architecture (per stage: F/M expand k kernel x layers +se)",
+        "top1",
+        "step ms",
+        "params",
+        "reward",
+        "seen",
+    )
     lines = [head]
     for r in shown + backbone:
         mark = ("*" if r["trial"] in front else " ") + ("b" if r["backbone"] else " ")
-        lines.append((f"{r['trial']}{mark}", r["genotype"], f"{r['top1']:.2f}", f"{r['step_ms']:.2f}",
-                      f"{r['params'] / 1e6:.3f}M", f"{r['reward']:.4f}", str(seen.get(r["trial"], 1))))
+        lines.append(
+            (
+                f"{r['trial']}{mark}",
+                r["genotype"],
+                f"{r['top1']:.2f}",
+                f"{r['step_ms']:.2f}",
+                f"{r['params'] / 1e6:.3f}M",
+                f"{r['reward']:.4f}",
+                str(seen.get(r["trial"], 1)),
+            )
+        )
     widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
     numeric = (2, 3, 4, 5, 6)  # right-aligned columns
-    out = ["  ".join(v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(x, widths))).rstrip()
-           for x in lines]
+    out = [
+        "  ".join(v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(x, widths))).rstrip()
+        for x in lines
+    ]
     out.insert(1, "  ".join("-" * w for w in widths))
     failed = sum(r["state"] == "FAIL" for r in rows)
     note = f"{len(finished)} finished, {failed} failed"
@@ -125,8 +172,16 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, *, title: str = "") -> N
         ax.scatter([base[0]["step_ms"]], [base[0]["top1"]], marker="*", s=160, c="tab:blue", label="backbone", zorder=3)
     if done:
         best = max(done, key=lambda r: r["reward"])
-        ax.scatter([best["step_ms"]], [best["top1"]], s=140, facecolors="none", edgecolors="tab:green", lw=2,
-                   label=f"best reward (trial {best['trial']})", zorder=3)
+        ax.scatter(
+            [best["step_ms"]],
+            [best["top1"]],
+            s=140,
+            facecolors="none",
+            edgecolors="tab:green",
+            lw=2,
+            label=f"best reward (trial {best['trial']})",
+            zorder=3,
+        )
     ax.set_xlabel("training step time at the proxy size and batch (ms)")
     ax.set_ylabel("proxy top-1 (%)")
     ax.set_title(title or "search results", fontsize=10)
@@ -144,10 +199,16 @@ def best_card(rows: list[dict[str, Any]], space: SearchSpace, *, out_dir: Path) 
         return None
     best = max(done, key=lambda r: r["reward"])
     spec = ArchSpec.from_dict(best["spec"])
-    notes = (f"found by effv2 search in {out_dir}: trial {best['trial']}, reward {best['reward']:.4f}, "
-             f"proxy top1 {best['top1']:.2f}%, step {best['step_ms']:.2f} ms, {best['params']:,} params")
-    return {"name": f"search_{space.name}_trial{best['trial']}", **space.card(spec), "notes": notes,
-            "tags": ["searched"]}
+    notes = (
+        f"found by effv2 search in {out_dir}: trial {best['trial']}, reward {best['reward']:.4f}, "
+        f"proxy top1 {best['top1']:.2f}%, step {best['step_ms']:.2f} ms, {best['params']:,} params"
+    )
+    return {
+        "name": f"search_{space.name}_trial{best['trial']}",
+        **space.card(spec),
+        "notes": notes,
+        "tags": ["searched"],
+    }
 
 
 def write_results(study: optuna.Study, space: SearchSpace, out_dir: Path, *, plot: bool = True) -> list[dict[str, Any]]:
@@ -158,7 +219,9 @@ def write_results(study: optuna.Study, space: SearchSpace, out_dir: Path, *, plo
     if card is not None:
         atomic_write_text(out_dir / "best_spec.json", json.dumps(card, indent=2) + "\n")
     if plot:
-        plot_pareto(rows, out_dir / "pareto.png",
-                    title=f"{space.name}: {sum(r['state'] == 'COMPLETE' for r in rows)} trials, "
-                          f"proxy accuracy vs step time")
+        plot_pareto(
+            rows,
+            out_dir / "pareto.png",
+            title=f"{space.name}: {sum(r['state'] == 'COMPLETE' for r in rows)} trials, proxy accuracy vs step time",
+        )
     return rows

@@ -57,8 +57,9 @@ def _requeue_interrupted(study: optuna.Study) -> list[int]:
     return requeued
 
 
-def _prepare_study(space: SearchSpace, config: SearchConfig, evaluate: Evaluate,
-                   task: TaskInfo) -> tuple[optuna.Study, bool]:
+def _prepare_study(
+    space: SearchSpace, config: SearchConfig, evaluate: Evaluate, task: TaskInfo
+) -> tuple[optuna.Study, bool]:
     """Create or load the study; the bool says whether this process created it. Creation is decided
     by the database (a unique study name), so of several machines starting together exactly one
     creates the study and enqueues the backbone."""
@@ -75,12 +76,21 @@ def _prepare_study(space: SearchSpace, config: SearchConfig, evaluate: Evaluate,
         study.set_user_attr("task", asdict(task))
         describe = getattr(evaluate, "describe", None)
         study.set_user_attr("evaluator", describe() if callable(describe) else {"kind": type(evaluate).__name__})
-        study.set_user_attr("reward", {"w": -0.07, "v": -0.05, "A": "top1 / 100",
-                                       "S": "step time / backbone step time (same worker, same device)",
-                                       "P": "params / backbone params"})
+        study.set_user_attr(
+            "reward",
+            {
+                "w": -0.07,
+                "v": -0.05,
+                "A": "top1 / 100",
+                "S": "step time / backbone step time (same worker, same device)",
+                "P": "params / backbone params",
+            },
+        )
     elif stored != space.to_dict():
-        raise UsageError(f"{config.out_dir}: the study there searches another space ({stored.get('name')!r}); "
-                         f"use a new --out or the same --space")
+        raise UsageError(
+            f"{config.out_dir}: the study there searches another space ({stored.get('name')!r}); "
+            f"use a new --out or the same --space"
+        )
     else:
         _check_same_proxy(study.user_attrs.get("evaluator") or {}, evaluate, config)
     return study, created
@@ -88,8 +98,19 @@ def _prepare_study(space: SearchSpace, config: SearchConfig, evaluate: Evaluate,
 
 # What makes two proxies' accuracies comparable; the device, timing and per-trial cap may differ
 # between resumes and machines (step times are normalised per worker).
-PROXY_KEYS = ("kind", "data", "backbone", "epochs", "equal_time_s", "image_size", "batch_size", "recipe", "overrides",
-              "train_subset", "val_subset")
+PROXY_KEYS = (
+    "kind",
+    "data",
+    "backbone",
+    "epochs",
+    "equal_time_s",
+    "image_size",
+    "batch_size",
+    "recipe",
+    "overrides",
+    "train_subset",
+    "val_subset",
+)
 
 
 def _check_same_proxy(stored: dict[str, Any], evaluate: Evaluate, config: SearchConfig) -> None:
@@ -103,5 +124,7 @@ def _check_same_proxy(stored: dict[str, Any], evaluate: Evaluate, config: Search
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
             a, b = list(a or []), list(b or [])
         if a != b and k in now:
-            raise UsageError(f"{config.out_dir}: the study there was scored with proxy {k}={stored.get(k)!r}, "
-                             f"this command uses {now.get(k)!r}; use the same proxy options or a new --out")
+            raise UsageError(
+                f"{config.out_dir}: the study there was scored with proxy {k}={stored.get(k)!r}, "
+                f"this command uses {now.get(k)!r}; use the same proxy options or a new --out"
+            )

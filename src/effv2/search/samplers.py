@@ -26,8 +26,9 @@ SAMPLERS: tuple[str, ...] = ("random", "tpe", "evolution")
 class RegularizedEvolutionSampler(BaseSampler):
     def __init__(self, *, population: int = 16, sample_size: int = 4, seed: int | None = None) -> None:
         if population < 2 or not 1 <= sample_size <= population:
-            raise UsageError(f"evolution: need population >= 2 and 1 <= sample_size <= population, "
-                             f"got {population}, {sample_size}")
+            raise UsageError(
+                f"evolution: need population >= 2 and 1 <= sample_size <= population, got {population}, {sample_size}"
+            )
         self.population = population
         self.sample_size = sample_size
         self._rng = np.random.default_rng(seed)
@@ -41,22 +42,24 @@ class RegularizedEvolutionSampler(BaseSampler):
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if len(done) < self.population:
             return  # the first population is random
-        population = sorted(done, key=lambda t: t.number)[-self.population:]
+        population = sorted(done, key=lambda t: t.number)[-self.population :]
         picks = self._rng.choice(len(population), size=self.sample_size, replace=False)
         parent = max((population[int(i)] for i in picks), key=lambda t: t.value)
         names = sorted(parent.params)
         self._plans[trial._trial_id] = (dict(parent.params), names[int(self._rng.integers(len(names)))])
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         plan = self._plans.get(trial._trial_id)
         if plan is None or param_name not in plan[0]:
             return self._random.sample_independent(study, trial, param_name, param_distribution)
@@ -66,8 +69,7 @@ class RegularizedEvolutionSampler(BaseSampler):
         others = [v for v in _values(param_distribution) if v != parent[param_name]]
         return others[int(self._rng.integers(len(others)))] if others else parent[param_name]
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Any) -> None:
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         self._plans.pop(trial._trial_id, None)
 
 

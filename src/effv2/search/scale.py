@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
-
-import torch
+from typing import Any
 
 from ..errors import UsageError
 from ..models.efficientnetv2 import EfficientNetV2
@@ -65,10 +64,11 @@ def _round_size(x: float, divisor: int) -> int:
     return max(divisor, int(round(x / divisor)) * divisor)
 
 
-def compound_scale(card: ModelCard, phi: float, coeffs: Coefficients = Coefficients(),
-                   limits: ScaleLimits = ScaleLimits()) -> ModelCard:
+def compound_scale(
+    card: ModelCard, phi: float, coeffs: Coefficients = Coefficients(), limits: ScaleLimits = ScaleLimits()
+) -> ModelCard:
     """The card scaled by ``phi``: depth and width multipliers, image sizes, V2's cap and extra layers."""
-    d, w, r = coeffs.alpha ** phi, coeffs.beta ** phi, coeffs.gamma ** phi
+    d, w, r = coeffs.alpha**phi, coeffs.beta**phi, coeffs.gamma**phi
     spec = card.spec
     width, depth = spec.width_mult * w, spec.depth_mult * d
     if not (0 < width <= MAX_MULT and 0 < depth <= MAX_MULT):
@@ -76,8 +76,9 @@ def compound_scale(card: ModelCard, phi: float, coeffs: Coefficients = Coefficie
     smallest = max(limits.size_divisor, spec.total_stride)
     want_eval = card.eval_size * r
     eval_size = max(smallest, min(_round_size(want_eval, limits.size_divisor), limits.max_size))
-    train_size = max(smallest, min(_round_size(eval_size * card.train_size / card.eval_size, limits.size_divisor),
-                                   eval_size))
+    train_size = max(
+        smallest, min(_round_size(eval_size * card.train_size / card.eval_size, limits.size_divisor), eval_size)
+    )
     rows = spec.stages
     extra = 1.0
     if want_eval > limits.max_size and limits.extra_stages:
@@ -85,12 +86,24 @@ def compound_scale(card: ModelCard, phi: float, coeffs: Coefficients = Coefficie
         k = min(limits.extra_stages, len(rows))
         rows = rows[:-k] + tuple(replace(s, repeats=math.ceil(s.repeats * extra)) for s in rows[-k:])
     new_spec = replace(spec, stages=rows, width_mult=round(width, 6), depth_mult=round(depth, 6))
-    note = (f"compound-scaled from {card.name}: phi {phi:.4g} (alpha {coeffs.alpha:g}, beta {coeffs.beta:g}, "
-            f"gamma {coeffs.gamma:g}): depth x{d:.3f}, width x{w:.3f}, size {card.eval_size} -> {eval_size} px"
-            + (f" (capped at {limits.max_size}; last {limits.extra_stages} stages x{extra:.2f} layers)"
-               if extra > 1 else ""))
-    return replace(card, name=f"{card.name}_phi{phi:.3g}", spec=new_spec, train_size=train_size,
-                   eval_size=eval_size, notes=note, tags=tuple(card.tags) + ("scaled",))
+    note = (
+        f"compound-scaled from {card.name}: phi {phi:.4g} (alpha {coeffs.alpha:g}, beta {coeffs.beta:g}, "
+        f"gamma {coeffs.gamma:g}): depth x{d:.3f}, width x{w:.3f}, size {card.eval_size} -> {eval_size} px"
+        + (
+            f" (capped at {limits.max_size}; last {limits.extra_stages} stages x{extra:.2f} layers)"
+            if extra > 1
+            else ""
+        )
+    )
+    return replace(
+        card,
+        name=f"{card.name}_phi{phi:.3g}",
+        spec=new_spec,
+        train_size=train_size,
+        eval_size=eval_size,
+        notes=note,
+        tags=tuple(card.tags) + ("scaled",),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,10 +119,19 @@ class ScaleResult:
     history: list[tuple[float, float]] = field(default_factory=list)  # (phi, metric) tried
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.card.to_dict(), "scaling": {
-            "phi": self.phi, "target": self.target, "value": self.value, "achieved": self.achieved,
-            "error_pct": self.error_pct, "alpha": self.coeffs.alpha, "beta": self.coeffs.beta,
-            "gamma": self.coeffs.gamma}}
+        return {
+            **self.card.to_dict(),
+            "scaling": {
+                "phi": self.phi,
+                "target": self.target,
+                "value": self.value,
+                "achieved": self.achieved,
+                "error_pct": self.error_pct,
+                "alpha": self.coeffs.alpha,
+                "beta": self.coeffs.beta,
+                "gamma": self.coeffs.gamma,
+            },
+        }
 
 
 def count(card: ModelCard, *, in_chans: int, num_classes: int) -> dict[str, float]:
@@ -117,9 +139,18 @@ def count(card: ModelCard, *, in_chans: int, num_classes: int) -> dict[str, floa
     return {"params": float(cost.params), "macs": float(cost.macs)}
 
 
-def scale_to_target(card: ModelCard, target: str, value: float, *, coeffs: Coefficients = Coefficients(),
-                    limits: ScaleLimits = ScaleLimits(), in_chans: int = 3, num_classes: int = 1000,
-                    measure: Measure | None = None, iters: int | None = None) -> ScaleResult:
+def scale_to_target(
+    card: ModelCard,
+    target: str,
+    value: float,
+    *,
+    coeffs: Coefficients = Coefficients(),
+    limits: ScaleLimits = ScaleLimits(),
+    in_chans: int = 3,
+    num_classes: int = 1000,
+    measure: Measure | None = None,
+    iters: int | None = None,
+) -> ScaleResult:
     """Solve phi so that the scaled model's ``target`` metric hits ``value``; the closest phi found
     by bracketing then bisection is returned (the metric moves in steps: channels round to 8,
     layers to whole blocks)."""
@@ -144,8 +175,11 @@ def scale_to_target(card: ModelCard, target: str, value: float, *, coeffs: Coeff
         return hist[phi]
 
     # phi range where the multipliers stay inside ArchSpec's bounds
-    bounds = [math.log(MAX_MULT / m) / math.log(b) for m, b in
-              ((card.spec.width_mult, coeffs.beta), (card.spec.depth_mult, coeffs.alpha)) if b > 1]
+    bounds = [
+        math.log(MAX_MULT / m) / math.log(b)
+        for m, b in ((card.spec.width_mult, coeffs.beta), (card.spec.depth_mult, coeffs.alpha))
+        if b > 1
+    ]
     phi_max = min(bounds) if bounds else 8.0
     phi_min = -phi_max
     lo, hi = 0.0, 0.0
@@ -154,8 +188,10 @@ def scale_to_target(card: ModelCard, target: str, value: float, *, coeffs: Coeff
         while metric(hi) < value:
             lo, hi = hi, min(hi + step, phi_max)
             if lo == phi_max:
-                raise UsageError(f"--target {target} {value:g}: beyond reach (at most {metric(phi_max):.4g} "
-                                 f"with width/depth multipliers <= {MAX_MULT:g})")
+                raise UsageError(
+                    f"--target {target} {value:g}: beyond reach (at most {metric(phi_max):.4g} "
+                    f"with width/depth multipliers <= {MAX_MULT:g})"
+                )
             step *= 1.5
     else:
         step = 1.0
@@ -178,14 +214,32 @@ def scale_to_target(card: ModelCard, target: str, value: float, *, coeffs: Coeff
     if measure is not None:
         achieved["latency_ms"] = hist[phi] if target == "latency_ms" else float(measure(best))
     err = 100.0 * (achieved[target] - value) / value
-    return ScaleResult(card=best, phi=phi, target=target, value=value, achieved=achieved, error_pct=err,
-                       evaluations=len(hist), coeffs=coeffs, history=sorted(hist.items()))
+    return ScaleResult(
+        card=best,
+        phi=phi,
+        target=target,
+        value=value,
+        achieved=achieved,
+        error_pct=err,
+        evaluations=len(hist),
+        coeffs=coeffs,
+        history=sorted(hist.items()),
+    )
 
 
 # -- latency ---------------------------------------------------------------------------------------
-def latency_measure(*, mode: str = "infer", batch_size: int = 1, in_chans: int = 3, num_classes: int = 1000,
-                    device: str = "cpu", steps: int = 10, warmup: int = 3, amp: str = "auto",
-                    channels_last: str | bool = "auto") -> Measure:
+def latency_measure(
+    *,
+    mode: str = "infer",
+    batch_size: int = 1,
+    in_chans: int = 3,
+    num_classes: int = 1000,
+    device: str = "cpu",
+    steps: int = 10,
+    warmup: int = 3,
+    amp: str = "auto",
+    channels_last: str | bool = "auto",
+) -> Measure:
     """A measure(card) -> ms: ``infer`` at the eval size or ``train`` (one step) at the train size,
     median of ``steps`` after ``warmup`` (effv2.bench.timing). ``amp`` and ``channels_last``
     default to what the trainer runs on this device ("auto": effv2's fast defaults), so a
@@ -203,11 +257,28 @@ def latency_measure(*, mode: str = "infer", batch_size: int = 1, in_chans: int =
     def measure(card: ModelCard) -> float:
         model = EfficientNetV2(card.spec, num_classes=num_classes, in_chans=in_chans, drop_rate=0.0, drop_path_rate=0.0)
         if mode == "infer":
-            res = time_infer(model, batch_size=batch_size, image_size=card.eval_size, in_chans=in_chans,
-                             steps=steps, warmup=warmup, device=device, **ex)
+            res = time_infer(
+                model,
+                batch_size=batch_size,
+                image_size=card.eval_size,
+                in_chans=in_chans,
+                steps=steps,
+                warmup=warmup,
+                device=device,
+                **ex,
+            )
         else:
-            res = time_train_step(model, batch_size=batch_size, image_size=card.train_size, in_chans=in_chans,
-                                  num_classes=num_classes, steps=steps, warmup=warmup, device=device, **ex)
+            res = time_train_step(
+                model,
+                batch_size=batch_size,
+                image_size=card.train_size,
+                in_chans=in_chans,
+                num_classes=num_classes,
+                steps=steps,
+                warmup=warmup,
+                device=device,
+                **ex,
+            )
         return 1e3 * float(res["step_s"])
 
     measure.execution = ex  # type: ignore[attr-defined]
@@ -234,10 +305,20 @@ class LacsResult:
     rows: list[dict[str, Any]]  # one per coefficient triple: coefficients, phi, sizes, latency, proxy, reward
 
 
-def lacs(card: ModelCard, target_ms: float, *, measure: Measure, accuracy_proxy: Callable[[ModelCard], float],
-         grid: list[Coefficients] | None = None, w: float = REWARD_W, limits: ScaleLimits = ScaleLimits(),
-         in_chans: int = 3, num_classes: int = 1000, iters: int = 8,
-         log: Callable[[str], None] | None = None) -> LacsResult:
+def lacs(
+    card: ModelCard,
+    target_ms: float,
+    *,
+    measure: Measure,
+    accuracy_proxy: Callable[[ModelCard], float],
+    grid: list[Coefficients] | None = None,
+    w: float = REWARD_W,
+    limits: ScaleLimits = ScaleLimits(),
+    in_chans: int = 3,
+    num_classes: int = 1000,
+    iters: int = 8,
+    log: Callable[[str], None] | None = None,
+) -> LacsResult:
     """For each coefficient triple: scale to the latency target, score
     ``accuracy_proxy(card) * (latency / target)^w``; the best triple's model is the result."""
     grid = grid if grid is not None else lacs_grid()
@@ -245,19 +326,42 @@ def lacs(card: ModelCard, target_ms: float, *, measure: Measure, accuracy_proxy:
         raise UsageError("LACS: the coefficient grid is empty")
     results, rows = [], []
     for c in grid:
-        res = scale_to_target(card, "latency_ms", target_ms, coeffs=c, limits=limits, in_chans=in_chans,
-                              num_classes=num_classes, measure=measure, iters=iters)
+        res = scale_to_target(
+            card,
+            "latency_ms",
+            target_ms,
+            coeffs=c,
+            limits=limits,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            measure=measure,
+            iters=iters,
+        )
         proxy = float(accuracy_proxy(res.card))
         score = proxy * (res.achieved["latency_ms"] / target_ms) ** w
-        rows.append({"alpha": c.alpha, "beta": c.beta, "gamma": c.gamma, "phi": res.phi,
-                     "depth_mult": res.card.spec.depth_mult, "width_mult": res.card.spec.width_mult,
-                     "eval_size": res.card.eval_size, "latency_ms": res.achieved["latency_ms"],
-                     "params": res.achieved["params"], "macs": res.achieved["macs"], "proxy": proxy, "reward": score})
+        rows.append(
+            {
+                "alpha": c.alpha,
+                "beta": c.beta,
+                "gamma": c.gamma,
+                "phi": res.phi,
+                "depth_mult": res.card.spec.depth_mult,
+                "width_mult": res.card.spec.width_mult,
+                "eval_size": res.card.eval_size,
+                "latency_ms": res.achieved["latency_ms"],
+                "params": res.achieved["params"],
+                "macs": res.achieved["macs"],
+                "proxy": proxy,
+                "reward": score,
+            }
+        )
         results.append((score, res))
         if log:
             r = rows[-1]
-            log(f"alpha {c.alpha:g} beta {c.beta:g} gamma {c.gamma:g}: phi {res.phi:.3f}, {r['eval_size']} px, "
-                f"{r['latency_ms']:.2f} ms, proxy {proxy:.4g}, reward {score:.4g}")
+            log(
+                f"alpha {c.alpha:g} beta {c.beta:g} gamma {c.gamma:g}: phi {res.phi:.3f}, {r['eval_size']} px, "
+                f"{r['latency_ms']:.2f} ms, proxy {proxy:.4g}, reward {score:.4g}"
+            )
     best = max(results, key=lambda t: t[0])[1]
     return LacsResult(best=best, rows=rows)
 
@@ -266,6 +370,7 @@ def macs_proxy(*, in_chans: int = 3, num_classes: int = 1000) -> Callable[[Model
     """log10 MACs at the eval size: "more compute for the same latency". A stand-in for trained
     accuracy, which LACS proper uses (``effv2 scale --accuracy-proxy train``); it ignores how
     depth, width and size trade off in accuracy, so it favours whatever runs MACs fastest."""
+
     def proxy(card: ModelCard) -> float:
         return math.log10(count(card, in_chans=in_chans, num_classes=num_classes)["macs"])
 

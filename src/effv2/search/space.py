@@ -93,13 +93,18 @@ class StageChoices:
         return len(self.block) * len(self.layers) * len(self.kernel) * len(self.expand) * len(self.se)
 
     def row(self, *, block: str, layers: int, kernel: int, expand: int, se: float) -> Stage:
-        return Stage(block=block, expand=expand, kernel=kernel, stride=self.stride, se=se, out=self.out,
-                     repeats=layers)
+        return Stage(block=block, expand=expand, kernel=kernel, stride=self.stride, se=se, out=self.out, repeats=layers)
 
     def contains(self, stage: Stage) -> bool:
-        return (stage.out == self.out and stage.stride == self.stride and stage.block in self.block
-                and stage.repeats in self.layers and stage.kernel in self.kernel
-                and stage.expand in self.expand and float(stage.se) in self.se)
+        return (
+            stage.out == self.out
+            and stage.stride == self.stride
+            and stage.block in self.block
+            and stage.repeats in self.layers
+            and stage.kernel in self.kernel
+            and stage.expand in self.expand
+            and float(stage.se) in self.se
+        )
 
 
 def param_name(stage: int, key: str) -> str:
@@ -125,8 +130,10 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         if len(self.stages) != len(self.base.stages):
-            raise UsageError(f"space {self.name!r}: {len(self.stages)} stage choices for a backbone with "
-                             f"{len(self.base.stages)} stages")
+            raise UsageError(
+                f"space {self.name!r}: {len(self.stages)} stage choices for a backbone with "
+                f"{len(self.base.stages)} stages"
+            )
 
     # -- size and printing --------------------------------------------------------------------
     def size(self) -> int:
@@ -135,22 +142,42 @@ class SearchSpace:
 
     def to_table(self) -> str:
         """The choices per stage as a person reads them, with the backbone's row beside them."""
+
         def fmt(values: tuple) -> str:
-            if values and isinstance(values[0], int) and len(values) > 2 and \
-                    list(values) == list(range(values[0], values[-1] + 1)):
+            if (
+                values
+                and isinstance(values[0], int)
+                and len(values) > 2
+                and list(values) == list(range(values[0], values[-1] + 1))
+            ):
                 return f"{values[0]}..{values[-1]}"
-            return ",".join("Fused" if v == "fused" else "MBConv" if v == "mbconv" else f"{v:g}"
-                            if isinstance(v, float) else str(v) for v in values)
+            return ",".join(
+                "Fused" if v == "fused" else "MBConv" if v == "mbconv" else f"{v:g}" if isinstance(v, float) else str(v)
+                for v in values
+            )
 
         rows = [("stage", "channels", "stride", "block", "layers", "kernel", "expand", "se", "backbone row")]
         for i, (c, b) in enumerate(zip(self.stages, self.base.stages), start=1):
-            rows.append((str(i), str(c.out), str(c.stride), fmt(c.block), fmt(c.layers), fmt(c.kernel),
-                         fmt(c.expand), fmt(c.se), genotype_stage(b)))
+            rows.append(
+                (
+                    str(i),
+                    str(c.out),
+                    str(c.stride),
+                    fmt(c.block),
+                    fmt(c.layers),
+                    fmt(c.kernel),
+                    fmt(c.expand),
+                    fmt(c.se),
+                    genotype_stage(b),
+                )
+            )
         widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
         lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        head = (f"search space {self.name!r} around {self.backbone} (stem {self.base.stem}/s{self.base.stem_stride}, "
-                f"head {self.base.head}): {self.size():.3g} architectures")
+        head = (
+            f"search space {self.name!r} around {self.backbone} (stem {self.base.stem}/s{self.base.stem_stride}, "
+            f"head {self.base.head}): {self.size():.3g} architectures"
+        )
         return head + "\n" + "\n".join(lines)
 
     # -- sampling -------------------------------------------------------------------------------
@@ -187,8 +214,15 @@ class SearchSpace:
                 kw = {key: params[param_name(i, key)] for key in CHOICE_KEYS}
             except KeyError as exc:
                 raise UsageError(f"parameter {exc.args[0]!r} is missing") from None
-            rows.append(c.row(block=kw["block"], layers=int(kw["layers"]), kernel=int(kw["kernel"]),
-                              expand=int(kw["expand"]), se=float(kw["se"])))
+            rows.append(
+                c.row(
+                    block=kw["block"],
+                    layers=int(kw["layers"]),
+                    kernel=int(kw["kernel"]),
+                    expand=int(kw["expand"]),
+                    se=float(kw["se"]),
+                )
+            )
         return replace(self.base, stages=tuple(rows))
 
     def to_params(self, spec: ArchSpec) -> dict[str, Any]:
@@ -197,27 +231,52 @@ class SearchSpace:
             raise UsageError(f"spec {spec.to_str()} is not in search space {self.name!r}")
         params: dict[str, Any] = {}
         for i, s in enumerate(spec.stages, start=1):
-            params.update({param_name(i, "block"): s.block, param_name(i, "layers"): s.repeats,
-                           param_name(i, "kernel"): s.kernel, param_name(i, "expand"): s.expand,
-                           param_name(i, "se"): float(s.se)})
+            params.update(
+                {
+                    param_name(i, "block"): s.block,
+                    param_name(i, "layers"): s.repeats,
+                    param_name(i, "kernel"): s.kernel,
+                    param_name(i, "expand"): s.expand,
+                    param_name(i, "se"): float(s.se),
+                }
+            )
         return params
 
     def contains(self, spec: ArchSpec) -> bool:
         return len(spec.stages) == len(self.stages) and all(c.contains(s) for c, s in zip(self.stages, spec.stages))
 
-    def card(self, spec: ArchSpec, *, train_size: int | None = None, eval_size: int | None = None,
-             **extra: Any) -> dict[str, Any]:
+    def card(
+        self, spec: ArchSpec, *, train_size: int | None = None, eval_size: int | None = None, **extra: Any
+    ) -> dict[str, Any]:
         """A model-card dict for ``spec`` that ``create_model(path)`` and ``--model-spec`` accept."""
-        return {"spec": spec.to_dict(), "train_size": int(train_size or self.train_size),
-                "eval_size": int(eval_size or self.eval_size), "dropout": self.dropout,
-                "drop_path": self.drop_path, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, **extra}
+        return {
+            "spec": spec.to_dict(),
+            "train_size": int(train_size or self.train_size),
+            "eval_size": int(eval_size or self.eval_size),
+            "dropout": self.dropout,
+            "drop_path": self.drop_path,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            **extra,
+        }
 
     # -- persistence ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "backbone": self.backbone,
-                "stages": [{"block": list(c.block), "layers": list(c.layers), "kernel": list(c.kernel),
-                            "expand": list(c.expand), "se": list(c.se)} for c in self.stages]}
+        return {
+            "name": self.name,
+            "backbone": self.backbone,
+            "stages": [
+                {
+                    "block": list(c.block),
+                    "layers": list(c.layers),
+                    "kernel": list(c.kernel),
+                    "expand": list(c.expand),
+                    "se": list(c.se),
+                }
+                for c in self.stages
+            ],
+        }
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -237,8 +296,13 @@ def genotype(spec: ArchSpec) -> str:
     return " ".join(genotype_stage(s) for s in spec.stages)
 
 
-def space_from_card(card: ModelCard, *, name: str | None = None, backbone: str | None = None,
-                    stage_overrides: list[dict[str, Any]] | None = None) -> SearchSpace:
+def space_from_card(
+    card: ModelCard,
+    *,
+    name: str | None = None,
+    backbone: str | None = None,
+    stage_overrides: list[dict[str, Any]] | None = None,
+) -> SearchSpace:
     """The default space around ``card``'s stage table, optionally with per-stage choice overrides."""
     overrides = stage_overrides or [{}] * len(card.spec.stages)
     if len(overrides) != len(card.spec.stages):
@@ -254,13 +318,23 @@ def space_from_card(card: ModelCard, *, name: str | None = None, backbone: str |
         for key in CHOICE_KEYS:
             if key in over:
                 kind = {"block": str, "se": float}.get(key, int)
-                kw[key] = _tuple_of(over[key], kind, f"stages[{i - 1}].{key}",
-                                    allowed=BLOCK_TYPES if key == "block" else None)
+                kw[key] = _tuple_of(
+                    over[key], kind, f"stages[{i - 1}].{key}", allowed=BLOCK_TYPES if key == "block" else None
+                )
         stages.append(StageChoices(out=row.out, stride=row.stride, **kw))
-    return SearchSpace(name=name or card.name, backbone=backbone or card.name, base=card.spec,
-                       stages=tuple(stages), train_size=card.train_size, eval_size=card.eval_size,
-                       dropout=card.dropout, drop_path=card.drop_path, mean=tuple(card.mean),
-                       std=tuple(card.std), interpolation=card.interpolation)
+    return SearchSpace(
+        name=name or card.name,
+        backbone=backbone or card.name,
+        base=card.spec,
+        stages=tuple(stages),
+        train_size=card.train_size,
+        eval_size=card.eval_size,
+        dropout=card.dropout,
+        drop_path=card.drop_path,
+        mean=tuple(card.mean),
+        std=tuple(card.std),
+        interpolation=card.interpolation,
+    )
 
 
 def _card(name: str) -> ModelCard:
@@ -294,8 +368,9 @@ def load_space(path: str | Path) -> SearchSpace:
     if backbone.endswith(".json") and not Path(backbone).is_absolute():
         backbone = str(p.parent / backbone)
     try:
-        return space_from_card(_card(backbone), name=str(data.get("name", p.stem)), backbone=backbone,
-                               stage_overrides=data.get("stages"))
+        return space_from_card(
+            _card(backbone), name=str(data.get("name", p.stem)), backbone=backbone, stage_overrides=data.get("stages")
+        )
     except UsageError as exc:
         raise UsageError(f"{p}: {exc}") from None
 
@@ -306,13 +381,16 @@ def get_space(name_or_file: str) -> SearchSpace:
         return load_space(name_or_file)
     model = SPACE_ALIASES.get(name_or_file, name_or_file)
     if model not in list_models():
-        raise UsageError(f"unknown search space {name_or_file!r}; valid: {', '.join(SPACE_ALIASES)}, "
-                         f"a registered model name, or a space file *.json")
+        raise UsageError(
+            f"unknown search space {name_or_file!r}; valid: {', '.join(SPACE_ALIASES)}, "
+            f"a registered model name, or a space file *.json"
+        )
     return space_from_card(_card(model), name=name_or_file)
 
 
 def space_from_dict(data: dict[str, Any]) -> SearchSpace:
     """Rebuild a space saved with :meth:`SearchSpace.to_dict` (as stored in a study)."""
     backbone = data["backbone"]
-    return space_from_card(_card(backbone), name=data.get("name"), backbone=backbone,
-                           stage_overrides=data.get("stages"))
+    return space_from_card(
+        _card(backbone), name=data.get("name"), backbone=backbone, stage_overrides=data.get("stages")
+    )

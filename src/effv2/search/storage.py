@@ -54,32 +54,42 @@ def open_storage(url: str, *, heartbeat_s: int | None = None, grace_s: int | Non
     _quiet_optuna()
     kw: dict[str, Any] = {}
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-        kw["engine_kwargs"] = {"creator": functools.partial(_sqlite_connect, url[len("sqlite:///"):])}
+        kw["engine_kwargs"] = {"creator": functools.partial(_sqlite_connect, url[len("sqlite:///") :])}
     if heartbeat_s:
-        kw.update(heartbeat_interval=heartbeat_s, grace_period=grace_s,
-                  heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+        kw.update(
+            heartbeat_interval=heartbeat_s,
+            grace_period=grace_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
     try:
         return _rdb_storage(url, kw)
     except ImportError:  # SQLAlchemy could not import the dialect's driver
         scheme = url.split(":", 1)[0]
-        raise UsageError(f"--storage {scheme}://...{url.split('@')[-1]}: the database driver for {scheme!r} is "
-                         f"missing (PostgreSQL: pip install 'effv2[postgres]', i.e. psycopg 3; for psycopg2 "
-                         f"write postgresql+psycopg2://)") from None
+        raise UsageError(
+            f"--storage {scheme}://...{url.split('@')[-1]}: the database driver for {scheme!r} is "
+            f"missing (PostgreSQL: pip install 'effv2[postgres]', i.e. psycopg 3; for psycopg2 "
+            f"write postgresql+psycopg2://)"
+        ) from None
     except Exception as exc:  # bad URL, server down, permissions: one line naming the storage
         where = url.split("@")[-1]  # never print a password
         raise UsageError(f"--storage: cannot open {where}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
 
 
-def load_study(storage: optuna.storages.BaseStorage | str, study_name: str = STUDY_NAME, *,
-               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+def load_study(
+    storage: optuna.storages.BaseStorage | str,
+    study_name: str = STUDY_NAME,
+    *,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> optuna.Study:
     try:
         return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
     except KeyError:
         raise UsageError(f"no study {study_name!r} in the storage (was the search started there?)") from None
 
 
-def best_specs_of(out_dir: str | Path, k: int, *, by: str = "reward", storage: str | None = None,
-                  study_name: str = STUDY_NAME) -> tuple[dict, ...]:
+def best_specs_of(
+    out_dir: str | Path, k: int, *, by: str = "reward", storage: str | None = None, study_name: str = STUDY_NAME
+) -> tuple[dict, ...]:
     """The ``k`` best distinct architectures of a finished search (by ``reward`` or proxy ``top1``,
     the backbone left out): the first trials of a second search with a costlier proxy."""
     from .results import records
@@ -92,8 +102,9 @@ def best_specs_of(out_dir: str | Path, k: int, *, by: str = "reward", storage: s
     return tuple(r["spec"] for r in rows[:k])
 
 
-def open_results(out_dir: str | Path, *, storage: str | None = None,
-                 study_name: str = STUDY_NAME) -> tuple[optuna.Study, SearchSpace]:
+def open_results(
+    out_dir: str | Path, *, storage: str | None = None, study_name: str = STUDY_NAME
+) -> tuple[optuna.Study, SearchSpace]:
     """The study and space of a search folder (for ``effv2 search report``)."""
     out = Path(out_dir)
     if storage is None:

@@ -37,8 +37,16 @@ class _TrialFailed(Exception):
 
 
 class _Worker:
-    def __init__(self, space: SearchSpace, evaluate: Evaluate, config: SearchConfig, *, index: int,
-                 step_time: Callable[[ArchSpec], float] | None, task: TaskInfo) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        evaluate: Evaluate,
+        config: SearchConfig,
+        *,
+        index: int,
+        step_time: Callable[[ArchSpec], float] | None,
+        task: TaskInfo,
+    ) -> None:
         self.space, self.evaluate, self.config, self.index = space, evaluate, config, index
         self.step_time, self.task = step_time, task
         self.out = Path(config.out_dir)
@@ -49,8 +57,9 @@ class _Worker:
         # The sampler seed depends on the study's size too: a resumed search must not replay the
         # proposals of the session before it (they would all be duplicates).
         n_before = len(load_study(storage, config.study_name).get_trials(deepcopy=False))
-        sampler = make_sampler(config.sampler, seed=(config.seed * 1009 + index) * 100003 + n_before,
-                               population=config.population)
+        sampler = make_sampler(
+            config.sampler, seed=(config.seed * 1009 + index) * 100003 + n_before, population=config.population
+        )
         self.study = load_study(storage, config.study_name, sampler=sampler)
         self.rng = random.Random(config.seed * 7919 + index)
         self.base_cost = self.cost(space.base)
@@ -72,8 +81,10 @@ class _Worker:
         trial_dir = self.out / "trials" / str(trial.number)
         trial_dir.mkdir(parents=True, exist_ok=True)
         t = self.task
-        atomic_write_text(trial_dir / "spec.json", json.dumps(
-            self.space.card(spec, train_size=t.image_size, eval_size=t.image_size), indent=2) + "\n")
+        atomic_write_text(
+            trial_dir / "spec.json",
+            json.dumps(self.space.card(spec, train_size=t.image_size, eval_size=t.image_size), indent=2) + "\n",
+        )
         cost = self.cost(spec)
         trial.set_user_attr("spec", spec.to_dict())
         trial.set_user_attr("genotype", genotype(spec))
@@ -117,8 +128,13 @@ class _Worker:
         if "top1" not in metrics:
             raise UsageError("evaluate: the metrics dict has no 'top1'")
         step_s = float(metrics.pop("step_s", step_s))
-        value = reward(float(metrics["top1"]), step_s=step_s, params=cost.params,
-                       base_step_s=self.base_step_s or step_s, base_params=self.base_cost.params)
+        value = reward(
+            float(metrics["top1"]),
+            step_s=step_s,
+            params=cost.params,
+            base_step_s=self.base_step_s or step_s,
+            base_params=self.base_cost.params,
+        )
         for k, v in metrics.items():
             if isinstance(v, (int, float, str, bool)) or v is None:
                 trial.set_user_attr(k, v)
@@ -128,8 +144,11 @@ class _Worker:
         system_attrs = self.study._storage.get_trial_system_attrs(trial._trial_id)
         if "failed_trial" in system_attrs:
             trial.set_user_attr("retry_of", system_attrs["failed_trial"])
-        atomic_write_text(trial_dir / "metrics.json", json.dumps(
-            {**{k: v for k, v in trial.user_attrs.items() if k != "spec"}, "reward": value}, indent=2) + "\n")
+        atomic_write_text(
+            trial_dir / "metrics.json",
+            json.dumps({**{k: v for k, v in trial.user_attrs.items() if k != "spec"}, "reward": value}, indent=2)
+            + "\n",
+        )
         return value
 
     def _step_s(self, spec: ArchSpec) -> float:
@@ -155,9 +174,11 @@ class _Worker:
         if trial.state == TrialState.COMPLETE:
             a = trial.user_attrs
             budget = f"/{self.config.trials}" if self.config.trials else ""
-            self.log(f"trial {trial.number} ({done}{budget} done): {a['genotype']}  top1 {a['top1']:.2f}  "
-                     f"step {1e3 * a['step_s']:.2f} ms  {a['params'] / 1e6:.3f}M  reward {trial.value:.4f}"
-                     + (f"  (predicted top1 {a['predicted_top1']:.2f})" if "predicted_top1" in a else ""))
+            self.log(
+                f"trial {trial.number} ({done}{budget} done): {a['genotype']}  top1 {a['top1']:.2f}  "
+                f"step {1e3 * a['step_s']:.2f} ms  {a['params'] / 1e6:.3f}M  reward {trial.value:.4f}"
+                + (f"  (predicted top1 {a['predicted_top1']:.2f})" if "predicted_top1" in a else "")
+            )
         with contextlib.suppress(OSError):
             write_results(study, self.space, self.out, plot=False)
         if self.config.trials is not None:
@@ -171,17 +192,22 @@ class _Worker:
     def screen(self, study: optuna.Study) -> None:
         """Queue the next trial: the best of K random candidates by predicted reward (UCB on the
         ensemble's spread), except for an ``explore`` share of trials left to the sampler."""
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "duplicate_of" not in t.user_attrs and "spec" in t.user_attrs]
+        done = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "duplicate_of" not in t.user_attrs and "spec" in t.user_attrs
+        ]
         if len(done) < self.config.screen_after or self.rng.random() < self.config.explore:
             return
         import numpy as np
 
         specs = [ArchSpec.from_dict(t.user_attrs["spec"]) for t in done]
-        x = np.stack([encode(s, Cost(params=t.user_attrs["params"], macs=t.user_attrs["macs"]))
-                      for s, t in zip(specs, done)])
+        x = np.stack(
+            [encode(s, Cost(params=t.user_attrs["params"], macs=t.user_attrs["macs"])) for s, t in zip(specs, done)]
+        )
         acc = make_predictor(self.config.predictor, seed=self.rng.randrange(1 << 30)).fit(
-            x, np.asarray([t.user_attrs["top1"] for t in done]))
+            x, np.asarray([t.user_attrs["top1"] for t in done])
+        )
         # log step time is close to linear in the encoding (MACs, depth, block types): ridge is enough
         steps = make_predictor("ridge").fit(x, np.log(np.asarray([t.user_attrs["step_s"] for t in done])))
         base_step = float(np.median([t.user_attrs.get("base_step_s") or t.user_attrs["step_s"] for t in done]))
@@ -200,8 +226,16 @@ class _Worker:
         cx = np.stack([encode(s, c) for s, c in zip(cspecs, costs)])
         mean, std = acc.predict(cx)
         log_step, _ = steps.predict(cx)
-        scores = [reward(max(m + s, 1e-3), step_s=float(np.exp(ls)), params=c.params, base_step_s=base_step,
-                         base_params=self.base_cost.params) for m, s, ls, c in zip(mean, std, log_step, costs)]
+        scores = [
+            reward(
+                max(m + s, 1e-3),
+                step_s=float(np.exp(ls)),
+                params=c.params,
+                base_step_s=base_step,
+                base_params=self.base_cost.params,
+            )
+            for m, s, ls, c in zip(mean, std, log_step, costs)
+        ]
         best = int(np.argmax(scores))
         study.enqueue_trial(cands[best], user_attrs={"screened": len(cands), "predicted_top1": float(mean[best])})
 
@@ -215,15 +249,18 @@ class _Worker:
                 done = sum(t.state == TrialState.COMPLETE for t in trials)
                 running = sum(t.state == TrialState.RUNNING for t in trials)
                 if done + running >= self.config.trials:
-                    self.log(f"the study already holds {done} finished trials and {running} running "
-                             f"(budget {self.config.trials})")
+                    self.log(
+                        f"the study already holds {done} finished trials and {running} running "
+                        f"(budget {self.config.trials})"
+                    )
                     return
             timeout = None if deadline is None else max(0.0, deadline - time.time())
             if timeout == 0.0:
                 return
             try:
-                self.study.optimize(self.objective, timeout=timeout, callbacks=[self.after_trial],
-                                    catch=(_TrialFailed,))
+                self.study.optimize(
+                    self.objective, timeout=timeout, callbacks=[self.after_trial], catch=(_TrialFailed,)
+                )
                 return
             except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
                 if "Cannot tell" not in str(exc) and not isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
@@ -231,8 +268,15 @@ class _Worker:
                 self.log(f"a trial was finished by another worker ({exc}); continuing")
 
 
-def _worker_main(space: SearchSpace, evaluate: Evaluate, config: SearchConfig, index: int,
-                 step_time: Callable[[ArchSpec], float] | None, task: TaskInfo, deadline: float | None) -> None:
+def _worker_main(
+    space: SearchSpace,
+    evaluate: Evaluate,
+    config: SearchConfig,
+    index: int,
+    step_time: Callable[[ArchSpec], float] | None,
+    task: TaskInfo,
+    deadline: float | None,
+) -> None:
     """Entry point of a spawned worker process (module level so it can be pickled)."""
     try:
         _Worker(space, evaluate, config, index=index, step_time=step_time, task=task).run(deadline)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..config import Recipe, recipe_from_dict, recipe_to_dict, resolve_recipe
 from ..data.sources import DataBundle, load_source
 from ..errors import UsageError
 from ..io.atomic import atomic_write_text
@@ -23,7 +24,6 @@ from ..runtime import resolve_runtime
 from ..runtime.distributed import cleanup
 from .build import build_model, build_parts, channel_stats, seed_everything
 from .callbacks import Callback
-from ..config import Recipe, recipe_from_dict, recipe_to_dict, resolve_recipe
 from .trainer import RunInfo, Trainer
 
 
@@ -35,7 +35,9 @@ def _validate(recipe: Recipe, model: str, bundle: DataBundle) -> None:
     if smallest < stride:
         raise UsageError(f"progressive.min_size={smallest} px is smaller than {model}'s total stride {stride}")
     if (recipe.eval_size or card.eval_size) < stride:
-        raise UsageError(f"eval_size={recipe.eval_size or card.eval_size} px is smaller than {model}'s total stride {stride}")
+        raise UsageError(
+            f"eval_size={recipe.eval_size or card.eval_size} px is smaller than {model}'s total stride {stride}"
+        )
     if recipe.batch_size > len(bundle.train):
         raise UsageError(f"batch_size={recipe.batch_size} is larger than the training set ({len(bundle.train)} images)")
 
@@ -44,11 +46,24 @@ def _config_path(out_dir: Path) -> Path:
     return out_dir / "config.json"
 
 
-def train(model: str | None, data: str | DataBundle | None, out_dir: str | Path, *, recipe: str | None = None,
-          overrides: list[str] | dict | None = None, data_dir: str | None = None, seed: int | None = None,
-          epochs: int | None = None, quiet: bool = False, deterministic: bool | None = None,
-          resume: bool = False, device: str = "auto", download: bool = False,
-          init: str | None = None, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> dict[str, Any]:
+def train(
+    model: str | None,
+    data: str | DataBundle | None,
+    out_dir: str | Path,
+    *,
+    recipe: str | None = None,
+    overrides: list[str] | dict | None = None,
+    data_dir: str | None = None,
+    seed: int | None = None,
+    epochs: int | None = None,
+    quiet: bool = False,
+    deterministic: bool | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    download: bool = False,
+    init: str | None = None,
+    callbacks: list[Callback] | tuple[Callback, ...] = (),
+) -> dict[str, Any]:
     """Train ``model`` on ``data`` into ``out_dir`` and return the run's summary.
 
     With ``resume=True`` the model, data and recipe come from ``out_dir/config.json`` and training
@@ -85,14 +100,21 @@ def train(model: str | None, data: str | DataBundle | None, out_dir: str | Path,
         rec, provenance = resolve_recipe(recipe, model=model, dataset=dataset_key, overrides=extra)
         bundle = data if isinstance(data, DataBundle) else None
     if bundle is None:
-        bundle = load_source(source, data_dir=data_dir, download=download, val_fraction=rec.val_fraction,
-                             split_seed=rec.seed)
+        bundle = load_source(
+            source, data_dir=data_dir, download=download, val_fraction=rec.val_fraction, split_seed=rec.seed
+        )
     _validate(rec, model, bundle)
     if rec.batch_size % int(os.environ.get("WORLD_SIZE", "1")):
         raise UsageError(f"batch_size={rec.batch_size} is not divisible by the {os.environ['WORLD_SIZE']} processes")
 
-    runtime = resolve_runtime(device, amp=rec.amp, channels_last=rec.channels_last, compile=rec.compile,
-                              batch_size=rec.batch_size, distributed=True)
+    runtime = resolve_runtime(
+        device,
+        amp=rec.amp,
+        channels_last=rec.channels_last,
+        compile=rec.compile,
+        batch_size=rec.batch_size,
+        distributed=True,
+    )
     dist = runtime.dist
     try:
         if dist.is_main:
@@ -100,32 +122,67 @@ def train(model: str | None, data: str | DataBundle | None, out_dir: str | Path,
             if not resume:
                 if (out / "checkpoints" / "last.safetensors").exists():
                     raise UsageError(f"{out} already holds a run; use --resume {out} or another --out")
-                config = {"model": model, "data": source, "data_dir": data_dir, "init": init,
-                          "recipe": recipe_to_dict(rec),
-                          "layers": provenance, "effv2_version": __version__, "torch_version": torch.__version__,
-                          "world_size": dist.world_size, "device": str(runtime.device)}
+                config = {
+                    "model": model,
+                    "data": source,
+                    "data_dir": data_dir,
+                    "init": init,
+                    "recipe": recipe_to_dict(rec),
+                    "layers": provenance,
+                    "effv2_version": __version__,
+                    "torch_version": torch.__version__,
+                    "world_size": dist.world_size,
+                    "device": str(runtime.device),
+                }
                 atomic_write_text(_config_path(out), json.dumps(config, indent=2) + "\n")
                 for stale in ("metrics.jsonl", "skipped.jsonl"):
                     (out / stale).unlink(missing_ok=True)
         with deterministic_mode(rec.deterministic):
-            trainer = build_trainer(rec, model, bundle, runtime, out, init=init, resume=resume, quiet=quiet,
-                                    callbacks=callbacks)
+            trainer = build_trainer(
+                rec, model, bundle, runtime, out, init=init, resume=resume, quiet=quiet, callbacks=callbacks
+            )
             return trainer.fit()
     finally:
         cleanup(dist)
 
 
-def build_trainer(rec: Recipe, model: str, bundle: DataBundle, runtime, out: Path, *, init: str | None = None,
-                  resume: bool = False, quiet: bool = False, callbacks=()) -> Trainer:
+def build_trainer(
+    rec: Recipe,
+    model: str,
+    bundle: DataBundle,
+    runtime,
+    out: Path,
+    *,
+    init: str | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    callbacks=(),
+) -> Trainer:
     """Seed, build the parts (build.py) and hand them to a Trainer."""
     seed_everything(rec.seed)
-    net = build_model(model, num_classes=len(bundle.classes), in_chans=bundle.in_chans, init=init,
-                      load_init=not resume)
+    net = build_model(model, num_classes=len(bundle.classes), in_chans=bundle.in_chans, init=init, load_init=not resume)
     card = net.card
-    info = RunInfo(model_name=model, classes=list(bundle.classes), in_chans=bundle.in_chans,
-                   train_size=card.train_size, eval_size=rec.eval_size or card.eval_size,
-                   mean=channel_stats(card.mean, bundle.in_chans), std=channel_stats(card.std, bundle.in_chans),
-                   dropout=card.dropout, drop_path=card.drop_path)
+    info = RunInfo(
+        model_name=model,
+        classes=list(bundle.classes),
+        in_chans=bundle.in_chans,
+        train_size=card.train_size,
+        eval_size=rec.eval_size or card.eval_size,
+        mean=channel_stats(card.mean, bundle.in_chans),
+        std=channel_stats(card.std, bundle.in_chans),
+        dropout=card.dropout,
+        drop_path=card.drop_path,
+    )
     parts = build_parts(rec, net, runtime, bundle=bundle)
-    return Trainer(recipe=rec, parts=parts, bundle=bundle, info=info, runtime=runtime, out_dir=out, quiet=quiet,
-                   resume=resume, recipe_dict=recipe_to_dict(rec), callbacks=callbacks)
+    return Trainer(
+        recipe=rec,
+        parts=parts,
+        bundle=bundle,
+        info=info,
+        runtime=runtime,
+        out_dir=out,
+        quiet=quiet,
+        resume=resume,
+        recipe_dict=recipe_to_dict(rec),
+        callbacks=callbacks,
+    )

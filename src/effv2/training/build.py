@@ -43,8 +43,7 @@ class Parts:
     streams: list[Stream] = field(default_factory=list)
 
     def checkpoint_parts(self) -> dict[str, Any]:
-        return {"model": self.model, "ema": self.ema, "optim": self.optimizer, "scaler": self.scaler,
-                "task": self.task}
+        return {"model": self.model, "ema": self.ema, "optim": self.optimizer, "scaler": self.scaler, "task": self.task}
 
 
 def seed_everything(seed: int) -> None:
@@ -68,8 +67,9 @@ def init_overrides(src_spec, model_name: str) -> dict[str, Any]:
 
     own = get_card(model_name).spec
     if own.scaled_stages() != src_spec.scaled_stages() or own.stem_channels != src_spec.stem_channels:
-        raise UsageError(f"--init weights are a different architecture from {model_name}; "
-                         f"convert them for the matching model")
+        raise UsageError(
+            f"--init weights are a different architecture from {model_name}; convert them for the matching model"
+        )
     return {k: getattr(src_spec, k) for k in ("padding", "bn_eps") if getattr(src_spec, k) != getattr(own, k)}
 
 
@@ -84,7 +84,9 @@ def adapt_and_load(model: nn.Module, state: dict[str, torch.Tensor], source: str
     w = state.get("stem.conv.weight")
     if w is not None and w.shape[1] != own["stem.conv.weight"].shape[1]:
         if own["stem.conv.weight"].shape[1] != 1:
-            raise UsageError(f"{source}: stem has {w.shape[1]} input channels, the data {own['stem.conv.weight'].shape[1]}")
+            raise UsageError(
+                f"{source}: stem has {w.shape[1]} input channels, the data {own['stem.conv.weight'].shape[1]}"
+            )
         state["stem.conv.weight"] = w.sum(dim=1, keepdim=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("classifier.") for k in missing):
@@ -92,8 +94,9 @@ def adapt_and_load(model: nn.Module, state: dict[str, torch.Tensor], source: str
         raise UsageError(f"{source}: weights do not fit the model (first differing key {bad!r})")
 
 
-def build_model(model_name: str, *, num_classes: int, in_chans: int, init: str | None = None,
-                load_init: bool = True) -> nn.Module:
+def build_model(
+    model_name: str, *, num_classes: int, in_chans: int, init: str | None = None, load_init: bool = True
+) -> nn.Module:
     """The model to train: ``model_name`` (registered or a spec file) with fresh weights, or started
     from ``init`` (an `effv2 convert` output, a run folder or a checkpoint) unless ``load_init`` is
     False (a resumed run: its own checkpoint follows)."""
@@ -102,8 +105,12 @@ def build_model(model_name: str, *, num_classes: int, in_chans: int, init: str |
         from .inference import load_for_inference
 
         loaded = load_for_inference(init)
-    model = create_model(model_name, num_classes=num_classes, in_chans=in_chans,
-                         **(init_overrides(loaded.model.spec, model_name) if loaded else {}))
+    model = create_model(
+        model_name,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        **(init_overrides(loaded.model.spec, model_name) if loaded else {}),
+    )
     if loaded is not None and load_init:
         adapt_and_load(model, loaded.model.state_dict(), str(init))
     return model
@@ -115,14 +122,16 @@ def build_streams(task: type[Task], recipe: Any, bundle: Any) -> list[Stream]:
     available = {"labelled": bundle.train}
     missing = [s for s in task.streams if s not in available]
     if missing:
-        raise UsageError(f"task {task.name} needs data stream(s) {', '.join(missing)}; this data has "
-                         f"{', '.join(available)}")
+        raise UsageError(
+            f"task {task.name} needs data stream(s) {', '.join(missing)}; this data has {', '.join(available)}"
+        )
     augment = Augment(crop=recipe.crop, hflip=recipe.hflip, randaug_ops=recipe.randaug_ops)
     return [Stream(name, available[name], augment) for name in task.streams]
 
 
-def build_parts(recipe: Any, model: nn.Module, runtime: Runtime, *, bundle: Any = None, base_lr: float | None = None
-                ) -> Parts:
+def build_parts(
+    recipe: Any, model: nn.Module, runtime: Runtime, *, bundle: Any = None, base_lr: float | None = None
+) -> Parts:
     """Task, optimizer, EMA, scaler and data streams around ``model`` (moved to the runtime's device
     and memory format here)."""
     name = getattr(recipe, "task", "classify")
@@ -140,5 +149,6 @@ def build_parts(recipe: Any, model: nn.Module, runtime: Runtime, *, bundle: Any 
 def train_step(parts: Parts, runtime: Runtime, recipe: Any) -> TrainStep:
     """The one training step over ``parts``; binds the task to the DDP / compiled forward."""
     parts.task.bind(runtime.wrap(parts.model), runtime)
-    return TrainStep(parts.task, parts.optimizer, runtime, grad_clip=recipe.grad_clip, scaler=parts.scaler,
-                     ema=parts.ema)
+    return TrainStep(
+        parts.task, parts.optimizer, runtime, grad_clip=recipe.grad_clip, scaler=parts.scaler, ema=parts.ema
+    )

@@ -15,9 +15,18 @@ from ..runtime.distributed import all_reduce_sum
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, imageset: ImageSet, *, runtime: Runtime, image_size: int, mean, std,
-             batch_size: int = 256, num_workers: int = 0,
-             on_bad: Callable[[list[dict]], None] | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    imageset: ImageSet,
+    *,
+    runtime: Runtime,
+    image_size: int,
+    mean,
+    std,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    on_bad: Callable[[list[dict]], None] | None = None,
+) -> dict[str, float]:
     """Top-1, top-5 (percent) and mean cross-entropy of ``model`` on ``imageset``, in eval mode under
     the runtime's autocast; every rank evaluates its own shard and the sums are all-reduced, so the
     result is exact and the same on every rank. ``n`` is the number of images scored (files that
@@ -27,9 +36,18 @@ def evaluate(model: nn.Module, imageset: ImageSet, *, runtime: Runtime, image_si
     dev = runtime.device
     totals = torch.zeros(4, dtype=torch.float64, device=dev)  # correct1, correct5, loss_sum, n
     try:
-        for batch in eval_batches(imageset, batch_size=batch_size, image_size=image_size, rank=runtime.dist.rank,
-                                  world_size=runtime.dist.world_size, num_workers=num_workers, device=dev,
-                                  mean=mean, std=std, channels_last=runtime.channels_last):
+        for batch in eval_batches(
+            imageset,
+            batch_size=batch_size,
+            image_size=image_size,
+            rank=runtime.dist.rank,
+            world_size=runtime.dist.world_size,
+            num_workers=num_workers,
+            device=dev,
+            mean=mean,
+            std=std,
+            channels_last=runtime.channels_last,
+        ):
             if batch.bad and on_bad is not None:
                 on_bad(batch.bad)
             if batch.y.shape[0] == 0:  # every file of this batch was unreadable
@@ -38,12 +56,21 @@ def evaluate(model: nn.Module, imageset: ImageSet, *, runtime: Runtime, image_si
                 logits = model(batch.x).float()
             k = min(5, logits.shape[1])
             hit = logits.topk(k, dim=1).indices.eq(batch.y[:, None])  # (B, k)
-            totals += torch.stack([hit[:, 0].sum(), hit.any(1).sum(),
-                                   F.cross_entropy(logits, batch.y, reduction="sum"),
-                                   torch.tensor(batch.y.shape[0], device=dev)]).double()
+            totals += torch.stack(
+                [
+                    hit[:, 0].sum(),
+                    hit.any(1).sum(),
+                    F.cross_entropy(logits, batch.y, reduction="sum"),
+                    torch.tensor(batch.y.shape[0], device=dev),
+                ]
+            ).double()
     finally:
         model.train(was_training)
     all_reduce_sum(totals, runtime.dist)
     n = max(totals[3].item(), 1.0)
-    return {"top1": 100 * totals[0].item() / n, "top5": 100 * totals[1].item() / n,
-            "loss": totals[2].item() / n, "n": int(totals[3].item())}
+    return {
+        "top1": 100 * totals[0].item() / n,
+        "top5": 100 * totals[1].item() / n,
+        "loss": totals[2].item() / n,
+        "n": int(totals[3].item()),
+    }

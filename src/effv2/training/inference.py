@@ -56,9 +56,10 @@ def load_for_inference(path: str | Path, prefer_ema: bool = True) -> LoadedModel
     prefixes = [p for p in (("ema/", "model/") if prefer_ema else ("model/",)) if any(k.startswith(p) for k in tensors)]
     if prefixes:
         prefix = prefixes[0]
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()
-                 if k != "n_averaged"}
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state = {
+            (k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items() if k != "n_averaged"
+        }
         used = prefix.rstrip("/")
     else:
         state, used = tensors, "model"

@@ -58,10 +58,17 @@ class LRSchedule:
     def from_recipe(cls, recipe: Any, *, steps_per_epoch: int, base_lr: float) -> LRSchedule:
         """The recipe's lr keys (per 256 images) scaled like the peak: ``base_lr / recipe.lr``."""
         scale = base_lr / recipe.lr
-        return cls(kind=recipe.lr_schedule, peak=base_lr, start=recipe.warmup_lr * scale,
-                   floor=recipe.min_lr * scale, warmup_steps=warmup_steps(steps_per_epoch, recipe),
-                   total_steps=steps_per_epoch * recipe.epochs, steps_per_epoch=steps_per_epoch,
-                   decay_rate=recipe.decay_rate, decay_epochs=recipe.decay_epochs)
+        return cls(
+            kind=recipe.lr_schedule,
+            peak=base_lr,
+            start=recipe.warmup_lr * scale,
+            floor=recipe.min_lr * scale,
+            warmup_steps=warmup_steps(steps_per_epoch, recipe),
+            total_steps=steps_per_epoch * recipe.epochs,
+            steps_per_epoch=steps_per_epoch,
+            decay_rate=recipe.decay_rate,
+            decay_epochs=recipe.decay_epochs,
+        )
 
     def __call__(self, step: int) -> float:
         """The learning rate for optimizer step ``step`` (0-based)."""
@@ -82,7 +89,7 @@ class LRSchedule:
             k = math.floor(step / (self.steps_per_epoch * self.decay_epochs) + _STAIR_EPS)
         else:  # "step"
             k = math.floor((step // self.steps_per_epoch) / self.decay_epochs + _STAIR_EPS)
-        return max(peak * self.decay_rate ** k, self.floor)
+        return max(peak * self.decay_rate**k, self.floor)
 
 
 def warmup_steps(steps_per_epoch: int, recipe: Any) -> int:

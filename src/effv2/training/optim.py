@@ -63,9 +63,16 @@ class OptimizerConfig:
     @classmethod
     def from_recipe(cls, recipe: Any, lr: float | None = None) -> OptimizerConfig:
         """``lr`` defaults to ``recipe.lr * batch_size / 256``."""
-        return cls(name=recipe.optimizer, lr=recipe.lr * recipe.batch_size / 256 if lr is None else lr,
-                   momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
-                   betas=tuple(recipe.betas), eps=recipe.eps, rmsprop_decay=recipe.rmsprop_decay)
+        return cls(
+            name=recipe.optimizer,
+            lr=recipe.lr * recipe.batch_size / 256 if lr is None else lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
+            betas=tuple(recipe.betas),
+            eps=recipe.eps,
+            rmsprop_decay=recipe.rmsprop_decay,
+        )
 
     @property
     def resolved_eps(self) -> float:
@@ -104,13 +111,24 @@ class RMSpropTF(torch.optim.Optimizer):
     centered=False); this copy keeps timm an optional dependency.
     """
 
-    def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.9, eps: float = 1e-3,
-                 momentum: float = 0.9, weight_decay: float = 0.0, foreach: bool | None = None) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-2,
+        alpha: float = 0.9,
+        eps: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+    ) -> None:
         if lr < 0 or eps <= 0 or not 0 <= alpha < 1 or not 0 <= momentum < 1 or weight_decay < 0:
-            raise ValueError(f"RMSpropTF: bad hyper-parameters lr={lr} alpha={alpha} eps={eps} "
-                             f"momentum={momentum} weight_decay={weight_decay}")
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum,
-                                      weight_decay=weight_decay, foreach=foreach))
+            raise ValueError(
+                f"RMSpropTF: bad hyper-parameters lr={lr} alpha={alpha} eps={eps} "
+                f"momentum={momentum} weight_decay={weight_decay}"
+            )
+        super().__init__(
+            params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
+        )
 
     def _init_state(self, p: Tensor, momentum: float) -> dict[str, Tensor]:
         state = self.state[p]

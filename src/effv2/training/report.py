@@ -55,8 +55,13 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str = "") -> N
         if m["stage"] != prev:
             for ax in (ax1, ax2):
                 ax.axvline(x, color="grey", linestyle=":", linewidth=1)
-            ax2.annotate(f"stage {m['stage']} ({m['image_size']} px)", (x, ax2.get_ylim()[0]),
-                         rotation=90, fontsize=7, va="bottom")
+            ax2.annotate(
+                f"stage {m['stage']} ({m['image_size']} px)",
+                (x, ax2.get_ylim()[0]),
+                rotation=90,
+                fontsize=7,
+                va="bottom",
+            )
             prev = m["stage"]
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
@@ -92,8 +97,9 @@ class Progress:
             self.bar.set_postfix(info, refresh=False)
             self.bar.update(1)
         elif self.n % self.log_every == 0 or self.n == self.total:
-            print(f"{self.desc} step {self.n}/{self.total} " + " ".join(f"{k}={v}" for k, v in info.items()),
-                  flush=True)
+            print(
+                f"{self.desc} step {self.n}/{self.total} " + " ".join(f"{k}={v}" for k, v in info.items()), flush=True
+            )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -84,8 +84,15 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def stage_params(stage: int, cfg: ProgressiveConfig, *, train_size: int, dropout: float, drop_path: float,
-                 eval_size: int | None = None) -> StageParams:
+def stage_params(
+    stage: int,
+    cfg: ProgressiveConfig,
+    *,
+    train_size: int,
+    dropout: float,
+    drop_path: float,
+    eval_size: int | None = None,
+) -> StageParams:
     """Image size and regularization of stage ``stage`` under ``cfg`` (see the module doc).
 
     ``train_size``, ``dropout`` and ``drop_path`` are the model's (its card): they stand in for
@@ -136,9 +143,12 @@ def stage_params(stage: int, cfg: ProgressiveConfig, *, train_size: int, dropout
     )
 
 
-def all_stages(cfg: ProgressiveConfig, *, train_size: int, dropout: float, drop_path: float,
-               eval_size: int | None = None) -> list[StageParams]:
+def all_stages(
+    cfg: ProgressiveConfig, *, train_size: int, dropout: float, drop_path: float, eval_size: int | None = None
+) -> list[StageParams]:
     """Every stage of ``cfg`` (one when progressive learning is off)."""
     m = cfg.n_stages if cfg.enabled else 1
-    return [stage_params(i, cfg, train_size=train_size, dropout=dropout, drop_path=drop_path, eval_size=eval_size)
-            for i in range(m)]
+    return [
+        stage_params(i, cfg, train_size=train_size, dropout=dropout, drop_path=drop_path, eval_size=eval_size)
+        for i in range(m)
+    ]

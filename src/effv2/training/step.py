@@ -39,8 +39,16 @@ class StepResult:
 class TrainStep:
     """Callable ``step(batches, index, lr=None) -> StepResult``; see the module docstring."""
 
-    def __init__(self, task: Task, optimizer: torch.optim.Optimizer, runtime: Runtime, *, grad_clip: float = 0.0,
-                 scaler: torch.amp.GradScaler | None = None, ema: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        optimizer: torch.optim.Optimizer,
+        runtime: Runtime,
+        *,
+        grad_clip: float = 0.0,
+        scaler: torch.amp.GradScaler | None = None,
+        ema: nn.Module | None = None,
+    ) -> None:
         self.task, self.optimizer, self.runtime = task, optimizer, runtime
         self.scaler, self.ema = scaler, ema
         self.max_norm = grad_clip if grad_clip > 0 else float("inf")
@@ -66,8 +74,9 @@ class TrainStep:
             loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
         names = list(out)
-        values = torch.stack([torch.as_tensor(out[k]).detach().float().reshape(()) for k in names]
-                             + [grad_norm.detach().float()]).tolist()
+        values = torch.stack(
+            [torch.as_tensor(out[k]).detach().float().reshape(()) for k in names] + [grad_norm.detach().float()]
+        ).tolist()
         parts, norm = dict(zip(names, values[:-1])), values[-1]
         bad = not (math.isfinite(parts["loss"]) and math.isfinite(norm))
         if any_true(bad, self.runtime.dist, self.runtime.device):

@@ -85,14 +85,32 @@ class RunInfo:
     drop_path: float
 
     def to_meta(self) -> dict[str, Any]:
-        return {"classes": list(self.classes), "in_chans": self.in_chans, "num_classes": len(self.classes),
-                "eval_size": self.eval_size, "model": self.model_name, "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "classes": list(self.classes),
+            "in_chans": self.in_chans,
+            "num_classes": len(self.classes),
+            "eval_size": self.eval_size,
+            "model": self.model_name,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 class Trainer:
-    def __init__(self, *, recipe: Any, parts: Parts, bundle: DataBundle, info: RunInfo, runtime: Runtime,
-                 out_dir: Path, quiet: bool = False, resume: bool = False, recipe_dict: dict | None = None,
-                 callbacks: list[Callback] | tuple[Callback, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        recipe: Any,
+        parts: Parts,
+        bundle: DataBundle,
+        info: RunInfo,
+        runtime: Runtime,
+        out_dir: Path,
+        quiet: bool = False,
+        resume: bool = False,
+        recipe_dict: dict | None = None,
+        callbacks: list[Callback] | tuple[Callback, ...] = (),
+    ) -> None:
         self.recipe, self.parts, self.bundle, self.info, self.runtime = recipe, parts, bundle, info, runtime
         self.out_dir, self.quiet, self.callbacks = Path(out_dir), quiet, list(callbacks)
         self.recipe_dict = recipe_dict or {}
@@ -126,8 +144,12 @@ class Trainer:
     def save(self, which: str) -> None:
         """Rank 0 writes every part; every rank waits so none runs ahead of a checkpoint it may need."""
         if self.is_main:
-            save_checkpoint(checkpoint_path(self.out_dir, which), self.parts.checkpoint_parts(),
-                            state={**self.state.to_dict(), **self.info.to_meta()}, recipe=self.recipe_dict)
+            save_checkpoint(
+                checkpoint_path(self.out_dir, which),
+                self.parts.checkpoint_parts(),
+                state={**self.state.to_dict(), **self.info.to_meta()},
+                recipe=self.recipe_dict,
+            )
         barrier(self.dist)
 
     def _load_last(self) -> None:
@@ -144,15 +166,17 @@ class Trainer:
             kept = [m for m in read_jsonl(self.metrics_path) if m.get("step", 0) <= self.state.global_step]
             atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
             self._skipped_seen = {r["path"] for r in read_jsonl(self.skipped_path)}
-        self.log(f"resumed from {path} at epoch {self.state.epoch} batch {self.state.batch} "
-                 f"(step {self.state.global_step})")
+        self.log(
+            f"resumed from {path} at epoch {self.state.epoch} batch {self.state.batch} (step {self.state.global_step})"
+        )
 
     # -- phases -------------------------------------------------------------------------------
     def stage_for(self, epoch: int) -> StageParams:
         p = self.recipe.progressive
         stage = stage_of_epoch(epoch, self.recipe.epochs, p.n_stages if p.enabled else 1)
-        return stage_params(stage, p, train_size=self.info.train_size, dropout=self.info.dropout,
-                            drop_path=self.info.drop_path)
+        return stage_params(
+            stage, p, train_size=self.info.train_size, dropout=self.info.dropout, drop_path=self.info.drop_path
+        )
 
     def enter_stage(self, sp: StageParams) -> None:
         """Adaptive regularisation is the task's (by default: dropout and stochastic depth)."""
@@ -160,11 +184,22 @@ class Trainer:
 
     def _context(self, image_size: int, randaug: float, mixup: float, cutmix: float) -> StepContext:
         r = self.recipe
-        return StepContext(batch_size=self.batch_per_rank, image_size=image_size, randaug_magnitude=randaug,
-                           mixup_alpha=mixup, cutmix_alpha=cutmix, num_classes=len(self.info.classes), seed=r.seed,
-                           rank=self.dist.rank, world_size=self.dist.world_size, num_workers=r.num_workers,
-                           device=self.runtime.device, mean=self.info.mean, std=self.info.std,
-                           channels_last=self.runtime.channels_last)
+        return StepContext(
+            batch_size=self.batch_per_rank,
+            image_size=image_size,
+            randaug_magnitude=randaug,
+            mixup_alpha=mixup,
+            cutmix_alpha=cutmix,
+            num_classes=len(self.info.classes),
+            seed=r.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            num_workers=r.num_workers,
+            device=self.runtime.device,
+            mean=self.info.mean,
+            std=self.info.std,
+            channels_last=self.runtime.channels_last,
+        )
 
     def _note_skipped(self, records: list[dict]) -> None:
         if not self.is_main:
@@ -181,13 +216,16 @@ class Trainer:
             return
         s.nonfinite_total += 1
         s.nonfinite_run += 1
-        self.log(f"warning: non-finite loss or gradient at step {s.global_step} (epoch {s.epoch}, batch "
-                 f"{batch_index}, rank {self.dist.rank}); step skipped ({s.nonfinite_run} in a row)")
+        self.log(
+            f"warning: non-finite loss or gradient at step {s.global_step} (epoch {s.epoch}, batch "
+            f"{batch_index}, rank {self.dist.rank}); step skipped ({s.nonfinite_run} in a row)"
+        )
         if s.nonfinite_run >= self.recipe.max_nonfinite_steps:
             raise NonFiniteError(
                 f"{s.nonfinite_run} non-finite steps in a row at step {s.global_step} (epoch {s.epoch}, batch "
                 f"{batch_index}, rank {self.dist.rank}); stopped, last good checkpoint left intact in "
-                f"{checkpoint_path(self.out_dir, 'last')}")
+                f"{checkpoint_path(self.out_dir, 'last')}"
+            )
 
     def train_epoch(self, sp: StageParams, deadline: float | None) -> bool:
         """Train the rest of the current epoch. Returns False when the time budget ran out."""
@@ -196,8 +234,12 @@ class Trainer:
         self.parts.task.train()
         ctx = self._context(sp.image_size, sp.randaug_magnitude, sp.mixup_alpha, sp.cutmix_alpha)
         steps = train_steps(self.parts.streams, ctx, epoch=s.epoch, start_batch=s.batch)
-        bar = Progress(self.steps_per_epoch, f"epoch {s.epoch + 1}/{r.epochs} stage {sp.index + 1} "
-                       f"{sp.image_size}px", enabled=self.is_main and not self.quiet, initial=s.batch)
+        bar = Progress(
+            self.steps_per_epoch,
+            f"epoch {s.epoch + 1}/{r.epochs} stage {sp.index + 1} {sp.image_size}px",
+            enabled=self.is_main and not self.quiet,
+            initial=s.batch,
+        )
         t_start, sums, taken = time.perf_counter(), {}, 0
         try:
             for batches in steps:
@@ -239,21 +281,40 @@ class Trainer:
         self.state.last_train_parts = means
 
     def evaluate(self, imageset, model: nn.Module | None = None, size: int | None = None) -> dict[str, float]:
-        return evaluate(model if model is not None else self.eval_model, imageset, runtime=self.runtime,
-                        image_size=size or self.info.eval_size, mean=self.info.mean, std=self.info.std,
-                        batch_size=self.recipe.eval_batch_size, num_workers=self.recipe.num_workers,
-                        on_bad=self._note_skipped)
+        return evaluate(
+            model if model is not None else self.eval_model,
+            imageset,
+            runtime=self.runtime,
+            image_size=size or self.info.eval_size,
+            mean=self.info.mean,
+            std=self.info.std,
+            batch_size=self.recipe.eval_batch_size,
+            num_workers=self.recipe.num_workers,
+            on_bad=self._note_skipped,
+        )
 
     def record(self, sp: StageParams, ev: dict[str, float]) -> dict[str, Any]:
         s = self.state
-        rec = {"epoch": s.epoch, "stage": sp.index, "image_size": sp.image_size, "eval_size": self.info.eval_size,
-               "top1": round(ev["top1"], 4), "top5": round(ev["top5"], 4), "loss": round(ev["loss"], 6),
-               "train_loss": round(s.last_train_loss, 6),
-               **{f"train_{k}": round(v, 6) for k, v in s.last_train_parts.items()},
-               "lr": self.step.optimizer.param_groups[0]["lr"],
-               "images_seen": s.images_seen, "wall_s": round(s.wall_s, 2), "step": s.global_step,
-               "randaug": sp.randaug_magnitude, "mixup": sp.mixup_alpha, "cutmix": sp.cutmix_alpha,
-               "dropout": sp.dropout, "ema": self.parts.ema is not None}
+        rec = {
+            "epoch": s.epoch,
+            "stage": sp.index,
+            "image_size": sp.image_size,
+            "eval_size": self.info.eval_size,
+            "top1": round(ev["top1"], 4),
+            "top5": round(ev["top5"], 4),
+            "loss": round(ev["loss"], 6),
+            "train_loss": round(s.last_train_loss, 6),
+            **{f"train_{k}": round(v, 6) for k, v in s.last_train_parts.items()},
+            "lr": self.step.optimizer.param_groups[0]["lr"],
+            "images_seen": s.images_seen,
+            "wall_s": round(s.wall_s, 2),
+            "step": s.global_step,
+            "randaug": sp.randaug_magnitude,
+            "mixup": sp.mixup_alpha,
+            "cutmix": sp.cutmix_alpha,
+            "dropout": sp.dropout,
+            "ema": self.parts.ema is not None,
+        }
         if self.is_main:
             append_jsonl(self.metrics_path, rec)
         return rec
@@ -261,10 +322,12 @@ class Trainer:
     # -- the whole run ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         r, s, rt = self.recipe, self.state, self.runtime
-        self.log(f"training {self.info.model_name} ({count_params(self.model):,} params) on {self.bundle.source}: "
-                 f"{len(self.bundle.train):,} images, {len(self.bundle.classes)} classes, {r.epochs} epochs, "
-                 f"batch {r.batch_size}, task {self.parts.task.name}, amp {rt.amp_dtype or 'off'}, "
-                 f"channels_last {rt.channels_last}, world {self.dist.world_size}")
+        self.log(
+            f"training {self.info.model_name} ({count_params(self.model):,} params) on {self.bundle.source}: "
+            f"{len(self.bundle.train):,} images, {len(self.bundle.classes)} classes, {r.epochs} epochs, "
+            f"batch {r.batch_size}, task {self.parts.task.name}, amp {rt.amp_dtype or 'off'}, "
+            f"channels_last {rt.channels_last}, world {self.dist.world_size}"
+        )
         if self.is_main and self.bundle.skipped:
             self._note_skipped(self.bundle.skipped)
         deadline = time.perf_counter() + max(r.time_budget_s - s.wall_s, 0) if r.time_budget_s > 0 else None
@@ -277,9 +340,11 @@ class Trainer:
                 self.save("last")
                 continue
             rec = self.record(sp, self.evaluate(self.bundle.val))
-            self.log(f"epoch {rec['epoch'] if completed else s.epoch + 1}/{r.epochs} stage {sp.index + 1} "
-                     f"size {sp.image_size}: top1 {rec['top1']:.2f}% top5 {rec['top5']:.2f}% "
-                     f"loss {rec['loss']:.4f} ({s.wall_s:.0f}s)")
+            self.log(
+                f"epoch {rec['epoch'] if completed else s.epoch + 1}/{r.epochs} stage {sp.index + 1} "
+                f"size {sp.image_size}: top1 {rec['top1']:.2f}% top5 {rec['top5']:.2f}% "
+                f"loss {rec['loss']:.4f} ({s.wall_s:.0f}s)"
+            )
             improved = rec["top1"] > s.best_top1
             s.best_top1 = max(s.best_top1, rec["top1"])
             self.save("last")
@@ -297,12 +362,23 @@ class Trainer:
         metrics = read_jsonl(self.metrics_path) if self.is_main else []
         final = metrics[-1] if metrics else {}
         summary: dict[str, Any] = {
-            "model": self.info.model_name, "data": self.bundle.source, "params": count_params(self.model),
-            "epochs": s.epoch, "completed": completed, "top1": final.get("top1"), "top5": final.get("top5"),
-            "best_top1": s.best_top1, "train_s": round(s.wall_s, 2), "wall_s": round(s.wall_s, 2),
-            "images_seen": s.images_seen, "img_per_s": round(s.images_seen / max(s.wall_s, 1e-9), 1),
-            "nonfinite_steps": s.nonfinite_total, "skipped_files": len(self._skipped_seen),
-            "run_dir": str(self.out_dir), "effv2_version": __version__, "torch_version": torch.__version__,
+            "model": self.info.model_name,
+            "data": self.bundle.source,
+            "params": count_params(self.model),
+            "epochs": s.epoch,
+            "completed": completed,
+            "top1": final.get("top1"),
+            "top5": final.get("top5"),
+            "best_top1": s.best_top1,
+            "train_s": round(s.wall_s, 2),
+            "wall_s": round(s.wall_s, 2),
+            "images_seen": s.images_seen,
+            "img_per_s": round(s.images_seen / max(s.wall_s, 1e-9), 1),
+            "nonfinite_steps": s.nonfinite_total,
+            "skipped_files": len(self._skipped_seen),
+            "run_dir": str(self.out_dir),
+            "effv2_version": __version__,
+            "torch_version": torch.__version__,
         }
         if self.bundle.test is not None and self.bundle.test is not self.bundle.val:
             test = self.evaluate(self.bundle.test)
@@ -312,7 +388,9 @@ class Trainer:
         if self.is_main:
             atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             try:  # a plot must never fail a finished run
-                plot_curves(metrics, self.out_dir / "curves.png", title=f"{self.info.model_name} on {self.bundle.source}")
+                plot_curves(
+                    metrics, self.out_dir / "curves.png", title=f"{self.info.model_name} on {self.bundle.source}"
+                )
             except Exception:  # noqa: BLE001
                 pass
             self.print_summary(summary)
@@ -321,9 +399,11 @@ class Trainer:
     def print_summary(self, summary: dict[str, Any]) -> None:
         if self.quiet:
             return
-        lines = [f"done: {summary['model']} on {summary['data']}, {summary['epochs']} epochs in "
-                 f"{summary['train_s']:.0f}s ({summary['img_per_s']:.0f} img/s)",
-                 f"  eval top1 {summary['top1']:.2f}%  best {summary['best_top1']:.2f}%"]
+        lines = [
+            f"done: {summary['model']} on {summary['data']}, {summary['epochs']} epochs in "
+            f"{summary['train_s']:.0f}s ({summary['img_per_s']:.0f} img/s)",
+            f"  eval top1 {summary['top1']:.2f}%  best {summary['best_top1']:.2f}%",
+        ]
         if "test_top1" in summary and summary["test_top1"] is not None:
             lines.append(f"  test top1 {summary['test_top1']:.2f}%  top5 {summary['test_top5']:.2f}%")
         if summary["skipped_files"]:

@@ -37,7 +37,9 @@ def task_class(name: str) -> type[Task]:
     try:
         return TASKS[name]
     except KeyError:
-        raise UsageError(f"recipe key task: unknown task {name!r}; registered tasks: {', '.join(sorted(TASKS))}") from None
+        raise UsageError(
+            f"recipe key task: unknown task {name!r}; registered tasks: {', '.join(sorted(TASKS))}"
+        ) from None
 
 
 def build_task(name: str, model: Any, recipe: Any) -> Task:

@@ -83,6 +83,7 @@ class Task(nn.Module):
         missing = sorted(own - set(state_dict))
         unexpected = sorted(set(state_dict) - own)
         if strict and (missing or unexpected):
-            raise RuntimeError(f"task {self.name}: state does not fit (missing {missing[:3]}, unexpected "
-                               f"{unexpected[:3]})")
+            raise RuntimeError(
+                f"task {self.name}: state does not fit (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         return super().load_state_dict(dict(state_dict), strict=False, assign=assign)

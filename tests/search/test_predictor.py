@@ -23,8 +23,9 @@ def synthetic_trials(n: int, seed: int = 0) -> list[dict]:
     for _ in range(n):
         spec = SPACE.sample(rng)
         cost = model_cost(spec, image_size=16, in_chans=1, num_classes=10)
-        rows.append({"spec": spec.to_dict(), "top1": synthetic_top1(spec, SPACE.base),
-                     "params": cost.params, "macs": cost.macs})
+        rows.append(
+            {"spec": spec.to_dict(), "top1": synthetic_top1(spec, SPACE.base), "params": cost.params, "macs": cost.macs}
+        )
     return rows
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from effv2.config import Recipe
 from effv2.models import create_model
 from effv2.training.optim import RMSpropTF, build_optimizer, param_groups
-from effv2.config import Recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,11 +40,20 @@ def test_weight_decay_only_on_conv_and_linear_weights():
     assert [len(g["params"]) for g in param_groups(frozen, 0.1)] == [0, 0]
 
 
-@pytest.mark.parametrize("opt, cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW),
-                                      ("rmsprop_tf", RMSpropTF)])
+@pytest.mark.parametrize(
+    "opt, cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW), ("rmsprop_tf", RMSpropTF)]
+)
 def test_build_optimizer(opt, cls):
-    rec = Recipe(optimizer=opt, lr=0.2, batch_size=512, weight_decay=3e-5, momentum=0.8, nesterov=opt == "sgd",
-                 betas=(0.8, 0.95), rmsprop_decay=0.85)
+    rec = Recipe(
+        optimizer=opt,
+        lr=0.2,
+        batch_size=512,
+        weight_decay=3e-5,
+        momentum=0.8,
+        nesterov=opt == "sgd",
+        betas=(0.8, 0.95),
+        rmsprop_decay=0.85,
+    )
     o = build_optimizer(_model(), rec)
     assert type(o) is cls and len(o.param_groups) == 2
     g0, g1 = o.param_groups
@@ -101,7 +110,7 @@ def test_rmsprop_tf_equals_timm(wd, momentum):
 
     expected = _trajectory(ref)
     for foreach in (False, True):
-        got = _trajectory(lambda model: RMSpropTF(param_groups(model, wd), lr=lr, foreach=foreach, **kw))
+        got = _trajectory(lambda model, fe=foreach: RMSpropTF(param_groups(model, wd), lr=lr, foreach=fe, **kw))
         for step, (a, b) in enumerate(zip(got, expected)):
             diff = max((x - y).abs().max().item() for x, y in zip(a, b))
             assert diff <= 1e-6, (foreach, step, diff)

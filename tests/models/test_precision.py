@@ -13,8 +13,13 @@ from torch import nn
 
 from effv2.bench import machine
 from effv2.models import create_model
-from effv2.models.blocks import (Conv2dSame, StridedDepthwiseConv2d, StridedDepthwiseConv2dSame, cpu_bf16_autocast,
-                                 make_conv)
+from effv2.models.blocks import (
+    Conv2dSame,
+    StridedDepthwiseConv2d,
+    StridedDepthwiseConv2dSame,
+    cpu_bf16_autocast,
+    make_conv,
+)
 from effv2.models.fuse import fold_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,11 +79,14 @@ def test_model_under_bf16_autocast_trains_and_folds() -> None:
         torch.testing.assert_close(folded(x), m(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("flags,expect", [
-    (["avx512f", "avx512_bf16", "amx_bf16"], "bf16"),  # Intel Sapphire Rapids
-    (["avx512f", "avx512_bf16"], "bf16"),  # AMD Zen 4, Intel Cooper Lake
-    (["avx2", "fma", "avx512f"], "none"),  # no native bf16: emulated, slower than fp32
-])
+@pytest.mark.parametrize(
+    "flags,expect",
+    [
+        (["avx512f", "avx512_bf16", "amx_bf16"], "bf16"),  # Intel Sapphire Rapids
+        (["avx512f", "avx512_bf16"], "bf16"),  # AMD Zen 4, Intel Cooper Lake
+        (["avx2", "fma", "avx512f"], "none"),  # no native bf16: emulated, slower than fp32
+    ],
+)
 def test_cpu_bf16_default_follows_the_native_bf16_flags(monkeypatch, flags, expect) -> None:
     monkeypatch.setattr(machine, "cpu_info", lambda: {"flags": flags})
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)

@@ -11,7 +11,7 @@ from effv2.cli.main import main
 from effv2.errors import UsageError
 from effv2.models import create_model, get_card
 from effv2.models.flops import count_params
-from effv2.search.scale import (Coefficients, ScaleLimits, compound_scale, lacs, lacs_grid, scale_to_target)
+from effv2.search.scale import Coefficients, ScaleLimits, compound_scale, lacs, lacs_grid, scale_to_target
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,12 +27,19 @@ def test_phi_zero_is_the_model_itself() -> None:
 def test_scaling_to_a_params_target_lands_close_and_says_how_close() -> None:
     target = 4e6  # channels round to 8 and layers to whole blocks: mini's ladder has steps of ~10%
     r = scale_to_target(MINI, "params", target, in_chans=1, num_classes=10)
-    built = count_params(create_model("efficientnetv2_mini", num_classes=10, in_chans=1,
-                                      width_mult=r.card.spec.width_mult, depth_mult=r.card.spec.depth_mult))
+    built = count_params(
+        create_model(
+            "efficientnetv2_mini",
+            num_classes=10,
+            in_chans=1,
+            width_mult=r.card.spec.width_mult,
+            depth_mult=r.card.spec.depth_mult,
+        )
+    )
     assert built == r.achieved["params"]  # the reported count is the real model's
     assert abs(r.achieved["params"] - target) / target < 0.05
     assert r.error_pct == pytest.approx(100 * (r.achieved["params"] - target) / target)
-    d, w, g = 1.2 ** r.phi, 1.1 ** r.phi, 1.15 ** r.phi
+    d, w, g = 1.2**r.phi, 1.1**r.phi, 1.15**r.phi
     assert r.card.spec.depth_mult == pytest.approx(d, rel=1e-5) and r.card.spec.width_mult == pytest.approx(w, rel=1e-5)
     assert abs(r.card.eval_size - MINI.eval_size * g) <= 2
 
@@ -59,7 +66,7 @@ def test_size_cap_turns_resolution_into_extra_layers_in_the_last_stages() -> Non
     free = compound_scale(MINI, 5.0)  # 28 * 1.15^5 = 56 px uncapped
     capped = compound_scale(MINI, 5.0, limits=limits)
     assert free.eval_size == 56 and capped.eval_size == 40 and capped.train_size <= 40
-    extra = (28 * 1.15 ** 5 / 40) ** 2
+    extra = (28 * 1.15**5 / 40) ** 2
     rows, base = capped.spec.stages, MINI.spec.stages
     assert rows[:-2] == base[:-2]
     assert [s.repeats for s in rows[-2:]] == [math.ceil(s.repeats * extra) for s in base[-2:]]
@@ -107,13 +114,28 @@ def test_lacs_picks_the_coefficients_with_the_best_reward() -> None:
         assert row["reward"] == pytest.approx(row["proxy"] * (row["latency_ms"] / 2.0) ** -0.07)
     grid = lacs_grid()
     assert grid and all(c.alpha >= max(c.beta, c.gamma) for c in grid)
-    assert all(abs(c.alpha * c.beta ** 2 * c.gamma ** 2 - 2) <= 0.15 for c in grid)
+    assert all(abs(c.alpha * c.beta**2 * c.gamma**2 - 2) <= 0.15 for c in grid)
 
 
 def test_cli_writes_a_card_that_builds(tmp_path, capsys) -> None:
     out = tmp_path / "mini4m.json"
-    assert main(["scale", "--spec", "efficientnetv2_mini", "--target", "params", "4M", "--num-classes", "10",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "scale",
+                "--spec",
+                "efficientnetv2_mini",
+                "--target",
+                "params",
+                "4M",
+                "--num-classes",
+                "10",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "achieved" in text and "stage" in text and "MBConv" in text and "wrote" in text
     card = json.loads(out.read_text())

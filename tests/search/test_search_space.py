@@ -64,16 +64,19 @@ def test_space_json_round_trip_and_partial_file(tmp_path) -> None:
     assert custom.size() < space.size()
 
 
-@pytest.mark.parametrize("content, needle", [
-    ("{", "not valid JSON"),
-    ('{"backbone": "mini", "oops": 1}', "unknown key 'oops'"),
-    ('{"stages": []}', "'backbone'"),
-    ('{"backbone": "mini", "stages": [{}]}', "1 rows given"),
-    ('{"backbone": "mini", "stages": [{"kernel": [4]}, {}, {}, {}]}', "odd"),
-    ('{"backbone": "mini", "stages": [{"block": ["conv"]}, {}, {}, {}]}', "'conv' is not one of"),
-    ('{"backbone": "mini", "stages": [{"depth": [1]}, {}, {}, {}]}', "unknown key 'depth'"),
-    ('{"backbone": "nope"}', "unknown model 'nope'"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("{", "not valid JSON"),
+        ('{"backbone": "mini", "oops": 1}', "unknown key 'oops'"),
+        ('{"stages": []}', "'backbone'"),
+        ('{"backbone": "mini", "stages": [{}]}', "1 rows given"),
+        ('{"backbone": "mini", "stages": [{"kernel": [4]}, {}, {}, {}]}', "odd"),
+        ('{"backbone": "mini", "stages": [{"block": ["conv"]}, {}, {}, {}]}', "'conv' is not one of"),
+        ('{"backbone": "mini", "stages": [{"depth": [1]}, {}, {}, {}]}', "unknown key 'depth'"),
+        ('{"backbone": "nope"}', "unknown model 'nope'"),
+    ],
+)
 def test_bad_space_files_give_one_line_errors(tmp_path, content, needle) -> None:
     f = tmp_path / "bad.json"
     f.write_text(content)

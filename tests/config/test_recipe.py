@@ -22,9 +22,22 @@ from effv2.config import (
 from effv2.data.order import steps_per_epoch
 from effv2.errors import UsageError
 
-SHIPPED = ["base", "finetune", "finetune-cifar10", "finetune-cifar100", "finetune-flowers102",
-           "finetune-stanford-cars", "fmnist-cpu", "imagenet", "imagenet-l", "imagenet-l-code", "imagenet-m",
-           "imagenet-m-code", "imagenet-s", "imagenet-s-code"]
+SHIPPED = [
+    "base",
+    "finetune",
+    "finetune-cifar10",
+    "finetune-cifar100",
+    "finetune-flowers102",
+    "finetune-stanford-cars",
+    "fmnist-cpu",
+    "imagenet",
+    "imagenet-l",
+    "imagenet-l-code",
+    "imagenet-m",
+    "imagenet-m-code",
+    "imagenet-s",
+    "imagenet-s-code",
+]
 
 
 def _resolve(recipe=None, model="efficientnetv2_s", dataset="imagenet", overrides=None):
@@ -54,8 +67,12 @@ def test_imagenet_recipe_is_the_official_one():
 
 # Training images of each fine-tuning set (paper protocol: Flowers train+val lists) and the
 # epochs the recipe must run so that training takes at least 10,000 steps of batch 512.
-FINETUNE = {"cifar10": (50_000, 104), "cifar100": (50_000, 104), "flowers102": (2_040, 3334),
-            "stanford-cars": (8_144, 667)}
+FINETUNE = {
+    "cifar10": (50_000, 104),
+    "cifar100": (50_000, 104),
+    "flowers102": (2_040, 3334),
+    "stanford-cars": (8_144, 667),
+}
 
 
 @pytest.mark.parametrize("ds", sorted(FINETUNE))
@@ -77,8 +94,9 @@ def test_finetune_recipes(ds):
 
 def test_default_recipe_per_dataset_and_layer_order():
     assert default_recipe("fashion-mnist") == "fmnist-cpu" and default_recipe("/some/folder") == "base"
-    rec, prov = _resolve(None, model="efficientnetv2_mini", dataset="fashion-mnist",
-                         overrides=["epochs=3", "progressive=false"])
+    rec, prov = _resolve(
+        None, model="efficientnetv2_mini", dataset="fashion-mnist", overrides=["epochs=3", "progressive=false"]
+    )
     assert list(prov) == ["defaults", "model", "dataset", "recipe:fmnist-cpu", "overrides", "filled"]
     assert prov["dataset"]["source"] == "effv2/recipes/dataset-fashion-mnist.json"
     assert prov["model"]["set"]["progressive.dropout_max"] == 0.1
@@ -116,31 +134,50 @@ def test_extends_cycle_is_rejected(tmp_path):
 
 
 def test_set_parsing():
-    o = parse_overrides(["progressive=false", "betas=[0.8, 0.99]", "eval_size=null", "name=123", "crop=pad_crop",
-                         "progressive.mixup_max=0.2", "channels_last=true", "lr=1", "description=a b=c"])
+    o = parse_overrides(
+        [
+            "progressive=false",
+            "betas=[0.8, 0.99]",
+            "eval_size=null",
+            "name=123",
+            "crop=pad_crop",
+            "progressive.mixup_max=0.2",
+            "channels_last=true",
+            "lr=1",
+            "description=a b=c",
+        ]
+    )
     assert o["progressive"] == {"enabled": False, "mixup_max": 0.2}
     assert o["betas"] == (0.8, 0.99) and o["eval_size"] is None and o["name"] == "123"
     assert o["channels_last"] is True and o["lr"] == 1.0 and isinstance(o["lr"], float)
     assert o["description"] == "a b=c" and o["crop"] == "pad_crop"
-    assert parse_overrides(["progressive={\"enabled\": true, \"n_stages\": 2}"])["progressive"] == \
-        {"enabled": True, "n_stages": 2}
+    assert parse_overrides(['progressive={"enabled": true, "n_stages": 2}'])["progressive"] == {
+        "enabled": True,
+        "n_stages": 2,
+    }
     assert parse_overrides({"progressive.enabled": False, "seed": 3}) == {"progressive": {"enabled": False}, "seed": 3}
     assert parse_overrides(["channels_last=auto"])["channels_last"] == "auto"
 
 
-@pytest.mark.parametrize("item, words", [
-    ("epochs=abc", ["epochs", "an integer", '"abc"']),
-    ("epochs=1.5", ["epochs", "an integer"]),
-    ("optimizer=adam", ["optimizer", '"sgd", "adamw", "rmsprop_tf"']),
-    ("progressive=3", ["progressive", "true/false"]),
-    ("amp=true", ["amp", '"auto", "bf16", "fp16", "none"']),
-    ("betas=[0.9]", ["betas", "a list of 2 numbers"]),
-    ("lr=NaN", ["lr", "a number"]),
-    ("epochs", ["KEY=VALUE"]),
-    ("epoch=3", ["unknown recipe key 'epoch'", "did you mean epochs", "valid keys:", "progressive.n_stages"]),
-    ("progressive.n_stage=3", ["'progressive.n_stage'", "did you mean progressive.n_stages", "progressive.min_size"]),
-    ("progressive.enabled.x=1", ["unknown recipe key 'progressive.enabled.x'"]),
-])
+@pytest.mark.parametrize(
+    "item, words",
+    [
+        ("epochs=abc", ["epochs", "an integer", '"abc"']),
+        ("epochs=1.5", ["epochs", "an integer"]),
+        ("optimizer=adam", ["optimizer", '"sgd", "adamw", "rmsprop_tf"']),
+        ("progressive=3", ["progressive", "true/false"]),
+        ("amp=true", ["amp", '"auto", "bf16", "fp16", "none"']),
+        ("betas=[0.9]", ["betas", "a list of 2 numbers"]),
+        ("lr=NaN", ["lr", "a number"]),
+        ("epochs", ["KEY=VALUE"]),
+        ("epoch=3", ["unknown recipe key 'epoch'", "did you mean epochs", "valid keys:", "progressive.n_stages"]),
+        (
+            "progressive.n_stage=3",
+            ["'progressive.n_stage'", "did you mean progressive.n_stages", "progressive.min_size"],
+        ),
+        ("progressive.enabled.x=1", ["unknown recipe key 'progressive.enabled.x'"]),
+    ],
+)
 def test_set_errors_are_one_line_and_name_the_key(item, words):
     with pytest.raises(UsageError) as e:
         parse_overrides([item])
@@ -150,16 +187,21 @@ def test_set_errors_are_one_line_and_name_the_key(item, words):
         assert w in msg, (w, msg)
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["lr=-1"], ["recipe key lr", "must be > 0", "set by overrides"]),
-    (["warmup_epochs=20", "epochs=10"], ["warmup_epochs", "<= epochs=10"]),
-    (["progressive.min_size=400"], ["progressive.min_size", "<= progressive.max_size=300", "set by overrides"]),
-    (["progressive.dropout_max=0.05"], ["progressive.dropout_min", "<= progressive.dropout_max=0.05",
-                                        "set by recipe:imagenet-s"]),
-    (["nesterov=true", "momentum=0"], ["nesterov", "momentum > 0"]),
-    (["ema_decay=1"], ["ema_decay", "[0, 1)"]),
-    (["progressive.n_stages=0"], ["progressive.n_stages", ">= 1"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["lr=-1"], ["recipe key lr", "must be > 0", "set by overrides"]),
+        (["warmup_epochs=20", "epochs=10"], ["warmup_epochs", "<= epochs=10"]),
+        (["progressive.min_size=400"], ["progressive.min_size", "<= progressive.max_size=300", "set by overrides"]),
+        (
+            ["progressive.dropout_max=0.05"],
+            ["progressive.dropout_min", "<= progressive.dropout_max=0.05", "set by recipe:imagenet-s"],
+        ),
+        (["nesterov=true", "momentum=0"], ["nesterov", "momentum > 0"]),
+        (["ema_decay=1"], ["ema_decay", "[0, 1)"]),
+        (["progressive.n_stages=0"], ["progressive.n_stages", ">= 1"]),
+    ],
+)
 def test_range_errors_name_the_layer(overrides, words):
     with pytest.raises(UsageError) as e:
         _resolve("imagenet-s", overrides=overrides)
@@ -202,8 +244,15 @@ def test_dataclasses_validate_themselves():
     assert Recipe(lr=1).lr == 1.0 and isinstance(Recipe(lr=1).lr, float)
     assert Recipe(betas=[0.8, 0.9]).betas == (0.8, 0.9)
     assert Recipe(progressive={"enabled": False}).progressive == ProgressiveConfig(enabled=False)
-    for bad in ({"epochs": 1.5}, {"lr": 0}, {"optimizer": "adam"}, {"epochs": True}, {"val_fraction": 1.0},
-                {"min_lr": 0.5}, {"channels_last": "yes"}):
+    for bad in (
+        {"epochs": 1.5},
+        {"lr": 0},
+        {"optimizer": "adam"},
+        {"epochs": True},
+        {"val_fraction": 1.0},
+        {"min_lr": 0.5},
+        {"channels_last": "yes"},
+    ):
         with pytest.raises(UsageError):
             Recipe(**bad)
     with pytest.raises(UsageError, match="progressive.mixup_min: must be <= progressive.mixup_max=0.1"):

@@ -13,8 +13,17 @@ from PIL import Image
 from effv2.cli.main import main
 from effv2.data.corpus import write_corpus
 
-FAST = ["epochs=2", "batch_size=8", "eval_batch_size=16", "progressive.n_stages=2", "progressive.min_size=16",
-        "progressive.max_size=24", "eval_size=24", "amp=none", "progressive.randaug_max=5"]
+FAST = [
+    "epochs=2",
+    "batch_size=8",
+    "eval_batch_size=16",
+    "progressive.n_stages=2",
+    "progressive.min_size=16",
+    "progressive.max_size=24",
+    "eval_size=24",
+    "amp=none",
+    "progressive.randaug_max=5",
+]
 
 
 def _good_images(folder: Path, n: int, colour: int, seed: int) -> None:

@@ -123,8 +123,13 @@ class ToyOptimizer(torch.optim.Optimizer):
                     continue
                 st = self.state[p]
                 if not st:
-                    st.update(step=0, buf=torch.zeros_like(p), count=torch.zeros((), dtype=torch.int64),
-                              history=[], pair=(0, 0.0))
+                    st.update(
+                        step=0,
+                        buf=torch.zeros_like(p),
+                        count=torch.zeros((), dtype=torch.int64),
+                        history=[],
+                        pair=(0, 0.0),
+                    )
                 st["step"] += 1
                 st["buf"].mul_(group["betas"][0]).add_(p.grad)
                 st["count"] += 2**40  # beyond float32's exact integers: a cast would show
@@ -176,13 +181,28 @@ def test_optimizer_state_round_trips_bitwise_and_resumes_identically(tmp_path, n
 
 
 def test_state_recipe_extra_round_trip_exactly(tmp_path):
-    state = {"epoch": 3, "step": 1200, "stage": 1, "best_top1": -math.inf, "nan": math.nan,
-             "sampler": {"epoch": 3, "position": (17, 4)}, "by_rank": {0: [1, 2], 1: [3]},
-             "looks_like_a_tag": {"__tuple__": [1, 2]}, "text": "naïve ✓", "none": None, "flag": True,
-             "big": 2**70, "np_scalar": np.float32(0.5)}
+    state = {
+        "epoch": 3,
+        "step": 1200,
+        "stage": 1,
+        "best_top1": -math.inf,
+        "nan": math.nan,
+        "sampler": {"epoch": 3, "position": (17, 4)},
+        "by_rank": {0: [1, 2], 1: [3]},
+        "looks_like_a_tag": {"__tuple__": [1, 2]},
+        "text": "naïve ✓",
+        "none": None,
+        "flag": True,
+        "big": 2**70,
+        "np_scalar": np.float32(0.5),
+    }
     recipe = {"epochs": 350, "lr": 0.256, "betas": (0.9, 0.999)}
-    extra = {"bf16": torch.randn(3, 4).to(torch.bfloat16), "mask": torch.rand(5) > 0.5,
-             "ids": torch.arange(10, dtype=torch.int64), "scalar": torch.tensor(2.5, dtype=torch.float64)}
+    extra = {
+        "bf16": torch.randn(3, 4).to(torch.bfloat16),
+        "mask": torch.rand(5) > 0.5,
+        "ids": torch.arange(10, dtype=torch.int64),
+        "scalar": torch.tensor(2.5, dtype=torch.float64),
+    }
     path = tmp_path / "c.safetensors"
     save_checkpoint(path, {"model": _model()}, state=state, recipe=recipe, extra=extra)
     ck = load_checkpoint(path)
@@ -295,12 +315,16 @@ def test_architecture_mismatch_names_first_differing_key_and_changes_nothing(tmp
     before = {k: v.clone() for k, v in other.state_dict().items()}
     with pytest.raises(UsageError) as err:
         load_checkpoint(path, {"model": other})
-    assert str(err.value) == (f"{path}: architecture mismatch at 'classifier.weight': "
-                              f"shape (10, 64) in file, (12, 64) in model")
+    assert str(err.value) == (
+        f"{path}: architecture mismatch at 'classifier.weight': shape (10, 64) in file, (12, 64) in model"
+    )
     assert_same(before, other.state_dict())
     mini = create_model("efficientnetv2_mini", num_classes=10)
-    with pytest.raises(UsageError, match=r"architecture mismatch at 'stem.conv.weight': shape \(8, 3, 3, 3\) "
-                                         r"in file, \(24, 3, 3, 3\) in model"):
+    with pytest.raises(
+        UsageError,
+        match=r"architecture mismatch at 'stem.conv.weight': shape \(8, 3, 3, 3\) "
+        r"in file, \(24, 3, 3, 3\) in model",
+    ):
         load_checkpoint(path, {"model": mini})
 
 
@@ -344,8 +368,7 @@ def test_other_versions_warn_naming_both_or_are_refused_when_strict(tmp_path, mo
     # Same public version, another build (+cu130 vs +cpu): the format is the same, no warning.
     with monkeypatch.context() as m:
         public = torch.__version__.split("+")[0]
-        m.setattr(ckpt_mod, "_versions", lambda: {"effv2_version": effv2.__version__,
-                                                  "torch_version": public + "+cpu"})
+        m.setattr(ckpt_mod, "_versions", lambda: {"effv2_version": effv2.__version__, "torch_version": public + "+cpu"})
         save_checkpoint(path, {"model": _model()}, state={})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -366,8 +389,7 @@ def test_truncated_or_damaged_files_are_one_line_usage_errors(tmp_path):
     path = _saved(tmp_path)
     data = path.read_bytes()
     header_end = 8 + int.from_bytes(data[:8], "little")
-    cuts = [0, 4, 8, 20, header_end // 2, header_end - 1, header_end, header_end + 10, len(data) // 2,
-            len(data) - 1]
+    cuts = [0, 4, 8, 20, header_end // 2, header_end - 1, header_end, header_end + 10, len(data) // 2, len(data) - 1]
     for cut in cuts:
         bad = tmp_path / f"cut{cut}.safetensors"
         bad.write_bytes(data[:cut])
@@ -394,12 +416,15 @@ def test_a_weights_file_is_not_a_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "w.safetensors")
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("state", '{"__dict__": 5}', "metadata 'state' or 'recipe' is malformed"),
-    ("state", "[1, 2]", "metadata 'state' and 'recipe' must be JSON objects"),
-    ("optim_param_groups", '[{"lr": 1}]', "optimizer state is malformed"),
-    ("rng", '{"python": 1}', "RNG state: incomplete or malformed"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("state", '{"__dict__": 5}', "metadata 'state' or 'recipe' is malformed"),
+        ("state", "[1, 2]", "metadata 'state' and 'recipe' must be JSON objects"),
+        ("optim_param_groups", '[{"lr": 1}]', "optimizer state is malformed"),
+        ("rng", '{"python": 1}', "RNG state: incomplete or malformed"),
+    ],
+)
 def test_malformed_metadata_is_refused_and_changes_nothing(tmp_path, key, value, message):
     path = _saved(tmp_path)
     _rewrite_metadata(path, **{key: value})  # as a crafted file would: checksums cover tensors only
@@ -466,13 +491,17 @@ def test_failed_write_keeps_previous_and_leaves_no_temp(tmp_path, monkeypatch, f
             m.setattr(ckpt_mod, "save_file", _enospc_from_writer)
             reason = "No space left on device"
         elif failure == "replace":
+
             def replace(src, dst):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
             m.setattr(os, "replace", replace)
             reason = "No space left on device"
         else:
+
             def fsync(fd):
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
+
             m.setattr(os, "fsync", fsync)
             reason = "Input/output error"
         with pytest.raises(CheckpointWriteError) as err:
@@ -495,8 +524,11 @@ def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
     path = checkpoint_path(tmp_path, "last")
     save_checkpoint(path, {"model": _model()}, state={"counter": 1})
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(CheckpointWriteError, match=r"No space left on device \(needs 0\.\d MiB, 0\.0 MiB free\); "
-                                                   r"the previous checkpoint is intact"):
+    with pytest.raises(
+        CheckpointWriteError,
+        match=r"No space left on device \(needs 0\.\d MiB, 0\.0 MiB free\); "
+        r"the previous checkpoint is intact",
+    ):
         save_checkpoint(path, {"model": _model()}, state={"counter": 2})
     assert load_checkpoint(path).state == {"counter": 1} and _temps(path.parent) == []
 
@@ -540,8 +572,9 @@ class ForkServer:
     def __init__(self, folder: Path):
         self.stderr = folder / "server.stderr"
         with open(self.stderr, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=err, text=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+            )
         self.pending: list[str] = []
 
     def start(self, body: str, *argv: str) -> int:
@@ -623,15 +656,19 @@ def test_real_full_disk_on_a_small_tmpfs(tmp_path, monkeypatch):
         path = checkpoint_path(disk, "last")
         save_checkpoint(path, {"model": _model()}, state={"counter": 1})
         big = {"big": torch.zeros(300_000)}  # 1.2 MB: more than the disk holds
-        with pytest.raises(CheckpointWriteError, match=r"No space left on device \(needs 1\.\d MiB, 0\.\d MiB free\); "
-                                                       r"the previous checkpoint is intact"):
+        with pytest.raises(
+            CheckpointWriteError,
+            match=r"No space left on device \(needs 1\.\d MiB, 0\.\d MiB free\); "
+            r"the previous checkpoint is intact",
+        ):
             save_checkpoint(path, {"model": _model()}, state={"counter": 2}, extra=big)
         # Past the free-space check (as if another process freed space in between): the writer hits ENOSPC.
         monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(2**40, 0, 2**40))
         with pytest.raises(CheckpointWriteError) as err:
             save_checkpoint(path, {"model": _model()}, state={"counter": 3}, extra=big)
-        assert str(err.value) == (f"could not write checkpoint {path}: No space left on device; "
-                                  f"the previous checkpoint is intact")
+        assert str(err.value) == (
+            f"could not write checkpoint {path}: No space left on device; the previous checkpoint is intact"
+        )
         assert load_checkpoint(path).state == {"counter": 1}
         assert load_checkpoint(previous_path(path)).state == {"counter": 1}
         assert _temps(path.parent) == []
@@ -663,8 +700,11 @@ def test_damaged_last_points_to_the_previous(tmp_path):
     data = path.read_bytes()
     os.unlink(path)  # break the hard link before damaging the file
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(UsageError, match=rf"not a complete checkpoint .*; the previous checkpoint is "
-                                         rf"{previous_path(path)}$"):
+    with pytest.raises(
+        UsageError,
+        match=rf"not a complete checkpoint .*; the previous checkpoint is "
+        rf"{previous_path(path)}$",
+    ):
         load_checkpoint(path)
     assert load_checkpoint(previous_path(path)).state == {"counter": 1}
 

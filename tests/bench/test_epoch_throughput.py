@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("timm")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data" / "fashion-mnist"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,13 +32,13 @@ def bench():
 def _copy_idx(src: Path, dst: Path, n: int) -> None:
     raw = gzip.open(src).read()
     nd = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(nd)]
     per_item = 1
     for d in dims[1:]:
         per_item *= d
-    header = raw[:4] + n.to_bytes(4, "big") + raw[8:4 + 4 * nd]
+    header = raw[:4] + n.to_bytes(4, "big") + raw[8 : 4 + 4 * nd]
     with gzip.open(dst, "wb") as fh:
-        fh.write(header + raw[4 + 4 * nd:4 + 4 * nd + n * per_item])
+        fh.write(header + raw[4 + 4 * nd : 4 + 4 * nd + n * per_item])
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,25 @@ def test_class_folder_names_are_safe_and_ordered(bench):
 def test_main_runs_every_side_on_64_images(bench, tiny_fmnist, tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n")
-    out = bench.main(["--data-dir", str(tiny_fmnist), "--limit", "64", "--jpeg-images", "64", "--jpeg-size", "28",
-                      "--threads", "1", "--batch-size", "16", "--work-dir", str(tmp_path / "work")],
-                     results=results)
+    out = bench.main(
+        [
+            "--data-dir",
+            str(tiny_fmnist),
+            "--limit",
+            "64",
+            "--jpeg-images",
+            "64",
+            "--jpeg-size",
+            "28",
+            "--threads",
+            "1",
+            "--batch-size",
+            "16",
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        results=results,
+    )
     assert torch.get_num_threads() == 1
     rows = out["rows"]
     assert [r["trainer"] for r in rows] == ["effv2", "timm loop, timm defaults", "timm loop, effv2's flags"] * 2
@@ -87,9 +103,26 @@ def test_main_runs_every_side_on_64_images(bench, tiny_fmnist, tmp_path):
 
 def test_no_record_leaves_results_alone(bench, tmp_path, monkeypatch):
     results = tmp_path / "RESULTS.md"
-    monkeypatch.setattr(bench, "run_benchmark", lambda **kw: {
-        "rows": [{"data": "d", "trainer": "effv2", "flags": "fp32, NCHW, eager", "images": 16, "train_s": 1.0,
-                  "img_per_s": 16.0, "effv2_vs_this": 1.0}],
-        "parity": {1: 0.0, 3: 0.0}, "fmnist_train": 16, "jpeg_train": 0, "jpeg_images": 0})
+    monkeypatch.setattr(
+        bench,
+        "run_benchmark",
+        lambda **kw: {
+            "rows": [
+                {
+                    "data": "d",
+                    "trainer": "effv2",
+                    "flags": "fp32, NCHW, eager",
+                    "images": 16,
+                    "train_s": 1.0,
+                    "img_per_s": 16.0,
+                    "effv2_vs_this": 1.0,
+                }
+            ],
+            "parity": {1: 0.0, 3: 0.0},
+            "fmnist_train": 16,
+            "jpeg_train": 0,
+            "jpeg_images": 0,
+        },
+    )
     out = bench.main(["--no-record", "--threads", "1"], results=results)
     assert not results.exists() and "| d | effv2 |" in out["markdown"]

@@ -36,8 +36,15 @@ def test_two_machines_share_one_postgres_study(tmp_path) -> None:
     pytest.importorskip("psycopg")
     name = f"effv2-test-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / f"machine-{i}"), URL, name, str(i)],
-                              env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(tmp_path / f"machine-{i}"), URL, name, str(i)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
@@ -50,7 +57,22 @@ def test_two_machines_share_one_postgres_study(tmp_path) -> None:
     # each machine's folder holds the trials it ran, and either can report the shared study
     for i in range(2):
         assert (tmp_path / f"machine-{i}" / "trials").is_dir()
-    out = subprocess.run([sys.executable, "-m", "effv2", "search", "report", str(tmp_path / "machine-0"),
-                          "--storage", URL, "--study-name", name], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "effv2",
+            "search",
+            "report",
+            str(tmp_path / "machine-0"),
+            "--storage",
+            URL,
+            "--study-name",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     assert f"{len(done)} finished" in out.stdout

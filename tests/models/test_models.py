@@ -13,9 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from effv2.errors import UsageError
-from effv2.models import (ACTS, NORMS, PAPER_MODELS, ArchSpec, DualBatchNorm2d, EfficientNetV2, SpecError, Stage,
-                          add_aux_bn_state, create_model, drop_aux_bn_state, get_card, init_aux_from_main,
-                          list_models)
+from effv2.models import (
+    ACTS,
+    NORMS,
+    PAPER_MODELS,
+    ArchSpec,
+    DualBatchNorm2d,
+    EfficientNetV2,
+    SpecError,
+    Stage,
+    add_aux_bn_state,
+    create_model,
+    drop_aux_bn_state,
+    get_card,
+    init_aux_from_main,
+    list_models,
+)
 from effv2.models.blocks import ACT_LAYERS, NORM_LAYERS, Conv2dSame
 from effv2.models.flops import count_macs, count_params
 from effv2.models.fuse import count_bn, fold_bn
@@ -25,15 +38,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Trainable parameters with 1000 classes: the numbers timm and torchvision give for the same models.
 PARAMS = {
-    "efficientnetv2_b0": 7_139_704, "efficientnetv2_b1": 8_141_052, "efficientnetv2_b2": 10_096_086,
-    "efficientnetv2_b3": 14_358_406, "efficientnetv2_s": 21_458_488, "efficientnetv2_m": 54_139_356,
-    "efficientnetv2_l": 118_515_272, "efficientnetv2_xl": 208_119_808,
+    "efficientnetv2_b0": 7_139_704,
+    "efficientnetv2_b1": 8_141_052,
+    "efficientnetv2_b2": 10_096_086,
+    "efficientnetv2_b3": 14_358_406,
+    "efficientnetv2_s": 21_458_488,
+    "efficientnetv2_m": 54_139_356,
+    "efficientnetv2_l": 118_515_272,
+    "efficientnetv2_xl": 208_119_808,
 }
 # Reference MACs at the eval size (shared/reference/efficientnetv2.md).
 MACS = {
-    "efficientnetv2_b0": (0.72e9, 224), "efficientnetv2_b1": (1.20e9, 240), "efficientnetv2_b2": (1.70e9, 260),
-    "efficientnetv2_b3": (3.0e9, 300), "efficientnetv2_s": (8.4e9, 384), "efficientnetv2_m": (24.6e9, 480),
-    "efficientnetv2_l": (56.1e9, 480), "efficientnetv2_xl": (93.4e9, 512),
+    "efficientnetv2_b0": (0.72e9, 224),
+    "efficientnetv2_b1": (1.20e9, 240),
+    "efficientnetv2_b2": (1.70e9, 260),
+    "efficientnetv2_b3": (3.0e9, 300),
+    "efficientnetv2_s": (8.4e9, 384),
+    "efficientnetv2_m": (24.6e9, 480),
+    "efficientnetv2_l": (56.1e9, 480),
+    "efficientnetv2_xl": (93.4e9, 512),
 }
 
 
@@ -44,6 +67,7 @@ def _meta_model(name: str, **kw) -> torch.nn.Module:
 
 
 # -- the whole registry ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_trains_a_step_with_custom_classes_and_channels(name: str) -> None:
@@ -68,8 +92,12 @@ def test_registry_lists_the_paper_models_and_the_small_ones() -> None:
     names = list_models()
     assert set(PAPER_MODELS) == set(PARAMS) and set(PAPER_MODELS) <= set(names)
     assert {"efficientnetv2_mini", "efficientnetv2_pico"} <= set(names)
-    assert list_models("efficientnetv2_b*") == ["efficientnetv2_b0", "efficientnetv2_b1", "efficientnetv2_b2",
-                                                "efficientnetv2_b3"]
+    assert list_models("efficientnetv2_b*") == [
+        "efficientnetv2_b0",
+        "efficientnetv2_b1",
+        "efficientnetv2_b2",
+        "efficientnetv2_b3",
+    ]
 
 
 @pytest.mark.parametrize("name", PAPER_MODELS)
@@ -101,16 +129,24 @@ def test_golden_output_of_pico() -> None:
         y = model(x)
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
     assert y.shape == (2, 1000) and pre.shape == (2, 64)
-    expected = torch.tensor([[-0.0030534, 0.0117180, 0.0050660, -0.0031885, 0.0078347],
-                             [-0.0026079, 0.0105029, 0.0050910, -0.0028199, 0.0043394]])
+    expected = torch.tensor(
+        [
+            [-0.0030534, 0.0117180, 0.0050660, -0.0031885, 0.0078347],
+            [-0.0026079, 0.0105029, 0.0050910, -0.0028199, 0.0043394],
+        ]
+    )
     torch.testing.assert_close(y[:, [0, 1, 2, 500, 999]], expected, atol=1e-6, rtol=1e-4)
-    torch.testing.assert_close(pre[:, :4], torch.tensor([[0.025044, -0.017428, 0.036653, 0.065483],
-                                                         [0.010224, -0.022537, 0.028236, 0.046633]]),
-                               atol=2e-6, rtol=1e-4)
+    torch.testing.assert_close(
+        pre[:, :4],
+        torch.tensor([[0.025044, -0.017428, 0.036653, 0.065483], [0.010224, -0.022537, 0.028236, 0.046633]]),
+        atol=2e-6,
+        rtol=1e-4,
+    )
     assert y.argmax(1).tolist() == [802, 802]
 
 
 # -- spec round trips --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list_models())
 def test_registered_specs_round_trip(name: str, tmp_path) -> None:
@@ -126,20 +162,37 @@ def test_registered_specs_round_trip(name: str, tmp_path) -> None:
 def test_spec_string_of_b0_reads_like_the_table() -> None:
     assert get_card("efficientnetv2_b0").spec.to_str() == (
         "stem32/s2|fused_e1_k3_s1_se0_c16_r1|fused_e4_k3_s2_se0_c32_r2|fused_e4_k3_s2_se0_c48_r2|"
-        "mbconv_e4_k3_s2_se0.25_c96_r3|mbconv_e6_k3_s1_se0.25_c112_r5|mbconv_e6_k3_s2_se0.25_c192_r8|head1280")
+        "mbconv_e4_k3_s2_se0.25_c96_r3|mbconv_e6_k3_s1_se0.25_c112_r5|mbconv_e6_k3_s2_se0.25_c192_r8|head1280"
+    )
     assert get_card("efficientnetv2_b2").spec.to_str().endswith("|head1280|w1.1|d1.2")
 
 
 _ratio = st.one_of(st.sampled_from([0.0, 0.25, 0.5]), st.floats(0.0, 0.99, allow_nan=False, exclude_max=True))
-_stages = st.builds(Stage, block=st.sampled_from(BLOCK_TYPES), expand=st.integers(1, 8),
-                    kernel=st.sampled_from([1, 3, 5, 7]), stride=st.sampled_from([1, 2]), se=_ratio,
-                    out=st.integers(1, 1024), repeats=st.integers(1, 30))
+_stages = st.builds(
+    Stage,
+    block=st.sampled_from(BLOCK_TYPES),
+    expand=st.integers(1, 8),
+    kernel=st.sampled_from([1, 3, 5, 7]),
+    stride=st.sampled_from([1, 2]),
+    se=_ratio,
+    out=st.integers(1, 1024),
+    repeats=st.integers(1, 30),
+)
 _mult = st.one_of(st.sampled_from([1.0, 1.1, 1.2, 0.5, 2.0]), st.floats(0.01, 16.0, allow_nan=False))
-_specs = st.builds(ArchSpec, stages=st.lists(_stages, min_size=1, max_size=8).map(tuple),
-                   stem=st.integers(1, 128), head=st.integers(1, 4096), stem_stride=st.sampled_from([1, 2]),
-                   width_mult=_mult, depth_mult=_mult, bn_eps=st.sampled_from([1e-3, 1e-5]),
-                   bn_momentum=st.sampled_from([0.1, 0.01]), padding=st.sampled_from(PADDINGS),
-                   norm=st.sampled_from(NORMS), act=st.sampled_from(ACTS))
+_specs = st.builds(
+    ArchSpec,
+    stages=st.lists(_stages, min_size=1, max_size=8).map(tuple),
+    stem=st.integers(1, 128),
+    head=st.integers(1, 4096),
+    stem_stride=st.sampled_from([1, 2]),
+    width_mult=_mult,
+    depth_mult=_mult,
+    bn_eps=st.sampled_from([1e-3, 1e-5]),
+    bn_momentum=st.sampled_from([0.1, 0.01]),
+    padding=st.sampled_from(PADDINGS),
+    norm=st.sampled_from(NORMS),
+    act=st.sampled_from(ACTS),
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -172,6 +225,7 @@ def test_spec_errors_name_the_field() -> None:
 
 
 # -- create_model errors and the model API ----------------------------------------------------------
+
 
 def test_unknown_model_name_lists_the_valid_ones() -> None:
     with pytest.raises(SpecError, match=r"unknown model 'efficientnetv2_q'.*valid: efficientnetv2_b0, ") as exc:

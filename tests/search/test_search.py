@@ -52,12 +52,14 @@ def test_budget_parsing() -> None:
 def test_reward_is_the_papers_formula() -> None:
     assert reward(80.0, step_s=1.0, params=100, base_step_s=1.0, base_params=100) == pytest.approx(0.8)
     r = reward(80.0, step_s=2.0, params=300, base_step_s=1.0, base_params=100)
-    assert r == pytest.approx(0.8 * 2 ** -0.07 * 3 ** -0.05)
+    assert r == pytest.approx(0.8 * 2**-0.07 * 3**-0.05)
     # normalising P by the backbone only rescales every reward by one constant: rankings unchanged
     a = reward(70.0, step_s=1.0, params=50, base_step_s=1.0, base_params=1)
     b = reward(71.0, step_s=1.2, params=80, base_step_s=1.0, base_params=1)
-    assert (a > b) == (reward(70.0, step_s=1.0, params=50, base_step_s=1.0, base_params=100)
-                       > reward(71.0, step_s=1.2, params=80, base_step_s=1.0, base_params=100))
+    assert (a > b) == (
+        reward(70.0, step_s=1.0, params=50, base_step_s=1.0, base_params=100)
+        > reward(71.0, step_s=1.2, params=80, base_step_s=1.0, base_params=100)
+    )
 
 
 def test_search_writes_readable_results(tmp_path) -> None:
@@ -80,11 +82,16 @@ def test_search_writes_readable_results(tmp_path) -> None:
     for r in recs:
         t = study.trials[r["trial"]]
         a = t.user_attrs
-        expect = reward(a["top1"], step_s=a["step_s"], params=a["params"], base_step_s=base["step_s"],
-                        base_params=base["params"])
+        expect = reward(
+            a["top1"], step_s=a["step_s"], params=a["params"], base_step_s=base["step_s"], base_params=base["params"]
+        )
         assert t.value == pytest.approx(expect)
-        assert a["params"] == sum(p.numel() for p in create_model(
-            str(folder / "trials" / str(r["trial"]) / "spec.json"), num_classes=10, in_chans=1).parameters())
+        assert a["params"] == sum(
+            p.numel()
+            for p in create_model(
+                str(folder / "trials" / str(r["trial"]) / "spec.json"), num_classes=10, in_chans=1
+            ).parameters()
+        )
     # best_spec.json: a model card that create_model accepts, at the backbone's full sizes
     card = json.loads((folder / "best_spec.json").read_text())
     best = max(recs, key=lambda r: r["reward"])
@@ -163,15 +170,19 @@ def test_same_choices_are_not_trained_twice(tmp_path) -> None:
 
 @pytest.mark.parametrize("sampler", ["tpe", "evolution"])
 def test_model_based_and_evolutionary_samplers(tmp_path, sampler) -> None:
-    out = run_search(SPACE, evaluate, config(tmp_path, trials=8, sampler=sampler, population=4),
-                     step_time=step_time, task=TASK)
+    out = run_search(
+        SPACE, evaluate, config(tmp_path, trials=8, sampler=sampler, population=4), step_time=step_time, task=TASK
+    )
     assert out["complete"] == 8
     study, _ = open_results(tmp_path / "search")
     if sampler == "evolution":  # after the first population, children differ from a parent in one choice
         done = [t for t in study.trials if t.state.is_finished()]
         late = done[5:]
-        assert all(min(sum(t.params[k] != p.params[k] for k in t.params) for p in done[:t.number]) <= 1
-                   for t in late if "duplicate_of" not in t.user_attrs)
+        assert all(
+            min(sum(t.params[k] != p.params[k] for k in t.params) for p in done[: t.number]) <= 1
+            for t in late
+            if "duplicate_of" not in t.user_attrs
+        )
 
 
 def test_predictor_screening_queues_the_predicted_best(tmp_path) -> None:
@@ -191,8 +202,26 @@ def test_time_budget_stops_starting_trials(tmp_path) -> None:
 
 def test_cli_dry_run_report_and_space(tmp_path, capsys) -> None:
     out = tmp_path / "s"
-    assert main(["search", "--evaluator", "synthetic", "--space", "pico", "--budget", "4", "--out", str(out),
-                 "--sampler", "random", "--proxy-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--evaluator",
+                "synthetic",
+                "--space",
+                "pico",
+                "--budget",
+                "4",
+                "--out",
+                str(out),
+                "--sampler",
+                "random",
+                "--proxy-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "search space 'pico'" in text and "reward" in text and "best_spec.json" in text
     assert main(["search", "report", str(out)]) == 0
@@ -205,8 +234,10 @@ def test_cli_dry_run_report_and_space(tmp_path, capsys) -> None:
     assert "not a search folder" in capsys.readouterr().err
     assert main(["search", "--space", "pico", "--budget", "2", "--out", str(out / "x")]) == 2
     assert "--data is required" in capsys.readouterr().err
-    assert main(["search", "--evaluator", "synthetic", "--budget", "2", "--out", str(out / "y"),
-                 "--proxy-time", "12"]) == 2  # a bare number is trials, not a time
+    assert (
+        main(["search", "--evaluator", "synthetic", "--budget", "2", "--out", str(out / "y"), "--proxy-time", "12"])
+        == 2
+    )  # a bare number is trials, not a time
     assert "--proxy-time '12': expected a time" in capsys.readouterr().err
 
 
@@ -216,8 +247,13 @@ def test_postgres_without_a_driver_or_a_server_is_a_one_line_error(tmp_path) -> 
     # no driver: says which package to install; driver but no server: names the storage, never the password
     want = "cannot open 127.0.0.1:1/db" if importlib.util.find_spec("psycopg") else "driver for 'postgresql' is missing"
     with pytest.raises(UsageError, match=want) as err:
-        run_search(SPACE, evaluate, config(tmp_path, storage="postgresql://u:secret@127.0.0.1:1/db"),
-                   step_time=step_time, task=TASK)
+        run_search(
+            SPACE,
+            evaluate,
+            config(tmp_path, storage="postgresql://u:secret@127.0.0.1:1/db"),
+            step_time=step_time,
+            task=TASK,
+        )
     assert "secret" not in str(err.value) and "\n" not in str(err.value)
 
 
@@ -237,8 +273,8 @@ def test_proxy_step_time_is_timed_as_the_trainer_runs(monkeypatch) -> None:
     import types
 
     import effv2.bench.timing as timing
-    from effv2.search.evaluators import ProxyEvaluator
     from effv2.runtime import resolve_amp
+    from effv2.search.evaluators import ProxyEvaluator
 
     ev = ProxyEvaluator(data="fashion-mnist", image_size=12, overrides=("optimizer=adamw",))
     ev._bundle = types.SimpleNamespace(source="fashion-mnist", in_chans=1, num_classes=10)
@@ -261,11 +297,25 @@ def test_table_shows_each_architecture_once_with_how_often_it_was_proposed() -> 
     from effv2.search.results import format_table
 
     def row(n, geno, top1, step, dup=None, backbone=False):
-        return {"trial": n, "state": "COMPLETE", "genotype": geno, "top1": top1, "step_ms": step, "params": 1e5,
-                "reward": top1 / 100, "backbone": backbone, "duplicate_of": dup}
+        return {
+            "trial": n,
+            "state": "COMPLETE",
+            "genotype": geno,
+            "top1": top1,
+            "step_ms": step,
+            "params": 1e5,
+            "reward": top1 / 100,
+            "backbone": backbone,
+            "duplicate_of": dup,
+        }
 
-    rows = [row(0, "F1k3x1", 80.0, 10.0, backbone=True), row(1, "M1k3x2", 90.0, 5.0),
-            row(2, "M1k3x2", 90.0, 5.0, dup=1), row(3, "M1k3x2", 90.0, 5.0, dup=1), row(4, "F4k5x1", 85.0, 20.0)]
+    rows = [
+        row(0, "F1k3x1", 80.0, 10.0, backbone=True),
+        row(1, "M1k3x2", 90.0, 5.0),
+        row(2, "M1k3x2", 90.0, 5.0, dup=1),
+        row(3, "M1k3x2", 90.0, 5.0, dup=1),
+        row(4, "F4k5x1", 85.0, 20.0),
+    ]
     text = format_table(rows)
     body = text.splitlines()[2:-1]
     assert [line[:3] for line in body] == ["1* ", "4  ", "0 b"]
@@ -299,8 +349,11 @@ def test_equal_time_proxy_gives_a_slower_net_fewer_epochs(monkeypatch, tmp_path)
     steps = {fast: 0.01, slow: 0.04}
     monkeypatch.setattr(timing, "time_train_step", lambda model, **kw: {"step_s": steps[model.spec]})
     got = []
-    monkeypatch.setattr(api, "train", lambda card, data, run_dir, *, overrides, **kw: (
-        got.append(overrides) or {"top1": 50.0, "train_s": 1.0}))
+    monkeypatch.setattr(
+        api,
+        "train",
+        lambda card, data, run_dir, *, overrides, **kw: got.append(overrides) or {"top1": 50.0, "train_s": 1.0},
+    )
     ev = ProxyEvaluator(data="fashion-mnist", image_size=12, equal_time_s=60.0, epochs=3)
     ev._bundle = types.SimpleNamespace(source="fashion-mnist", in_chans=1, num_classes=10)
     ev._bundle.train = [0] * (100 * ev.batch())  # 100 steps per epoch
@@ -338,13 +391,19 @@ def test_a_second_stage_trains_the_first_stages_best_first(tmp_path) -> None:
     from effv2.search.driver import best_specs_of
 
     first = tmp_path / "first"
-    run_search(SPACE, evaluate, SearchConfig(out_dir=first, trials=8, sampler="random", quiet=True),
-               step_time=step_time, task=TASK)
+    run_search(
+        SPACE,
+        evaluate,
+        SearchConfig(out_dir=first, trials=8, sampler="random", quiet=True),
+        step_time=step_time,
+        task=TASK,
+    )
     study, _ = open_results(first)
     rows = [r for r in records(study) if r["state"] == "COMPLETE" and r["duplicate_of"] is None and not r["backbone"]]
     top = best_specs_of(first, 3, by="top1")
-    assert [ArchSpec.from_dict(d) for d in top] == [ArchSpec.from_dict(r["spec"]) for r in
-                                                   sorted(rows, key=lambda r: -r["top1"])[:3]]
+    assert [ArchSpec.from_dict(d) for d in top] == [
+        ArchSpec.from_dict(r["spec"]) for r in sorted(rows, key=lambda r: -r["top1"])[:3]
+    ]
     assert best_specs_of(first, 1)[0] == max(rows, key=lambda r: r["reward"])["spec"]
     second = run_search(SPACE, evaluate, config(tmp_path, trials=5, first_specs=top), step_time=step_time, task=TASK)
     study2, _ = open_results(second["out_dir"])

@@ -15,10 +15,21 @@ from safetensors.torch import load_file
 
 from effv2.cli.main import main
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
-FAST = ["epochs=2", "batch_size=32", "eval_batch_size=128", "progressive.n_stages=2", "progressive.min_size=16",
-        "progressive.max_size=24", "eval_size=24", "amp=none", "ema_decay=0.9", "num_workers=0",
-        "progressive.randaug_max=5", "progressive.mixup_max=0.2"]
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "fashion-mnist"
+FAST = [
+    "epochs=2",
+    "batch_size=32",
+    "eval_batch_size=128",
+    "progressive.n_stages=2",
+    "progressive.min_size=16",
+    "progressive.max_size=24",
+    "eval_size=24",
+    "amp=none",
+    "ema_decay=0.9",
+    "num_workers=0",
+    "progressive.randaug_max=5",
+    "progressive.mixup_max=0.2",
+]
 
 
 def _write_idx(path: Path, arr: torch.Tensor) -> None:
@@ -31,8 +42,8 @@ def _write_idx(path: Path, arr: torch.Tensor) -> None:
 def _read_idx(path: Path) -> torch.Tensor:
     b = gzip.open(path).read()
     nd = b[3]
-    dims = [int.from_bytes(b[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
-    return torch.frombuffer(bytearray(b[4 + 4 * nd:]), dtype=torch.uint8).view(*dims)
+    dims = [int.from_bytes(b[4 + 4 * i : 8 + 4 * i], "big") for i in range(nd)]
+    return torch.frombuffer(bytearray(b[4 + 4 * nd :]), dtype=torch.uint8).view(*dims)
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +59,19 @@ def tiny_fmnist(tmp_path_factory) -> Path:
 
 
 def _train_args(data_dir: Path, out: Path, extra: list[str] = (), *more: str) -> list[str]:
-    args = ["train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist", "--data-dir", str(data_dir),
-            "--out", str(out), "--quiet", *more]
+    args = [
+        "train",
+        "--model",
+        "efficientnetv2_pico",
+        "--data",
+        "fashion-mnist",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--quiet",
+        *more,
+    ]
     for s in [*FAST, *extra]:
         args += ["--set", s]
     return args
@@ -86,8 +108,10 @@ def test_eval_and_predict_cli(tmp_path, tiny_fmnist, capsys):
     rc, out = _train(tmp_path, tiny_fmnist, "run")
     assert rc == 0
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(out), "--data", "fashion-mnist", "--data-dir", str(tiny_fmnist),
-                 "--json"]) == 0
+    assert (
+        main(["eval", "--checkpoint", str(out), "--data", "fashion-mnist", "--data-dir", str(tiny_fmnist), "--json"])
+        == 0
+    )
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["n"] == 128 and 0 <= res["top1"] <= res["top5"] <= 100
     # the final summary's test accuracy is the same number eval reports for the best checkpoint's weights
@@ -99,22 +123,33 @@ def test_eval_and_predict_cli(tmp_path, tiny_fmnist, capsys):
     pred = json.loads(capsys.readouterr().out)
     probs = [p["prob"] for p in pred[0]["top"]]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
-    assert pred[0]["top"][0]["class"] in {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                                          "Sneaker", "Bag", "Ankle boot"} | {str(i) for i in range(10)}
+    assert pred[0]["top"][0]["class"] in {
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    } | {str(i) for i in range(10)}
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(str(path)).items() if k.startswith(("model/", "ema/", "optim/"))}
 
 
-FAULT_RUN = str(Path(__file__).resolve().parent / "fault_run.py")
+FAULT_RUN = str(Path(__file__).resolve().parents[1] / "fault_run.py")
 
 
 def _cli(*args: str, env: dict | None = None, kill_at_step: int | None = None) -> subprocess.CompletedProcess:
     """The effv2 CLI in a subprocess; with ``kill_at_step`` through the test hook that SIGKILLs it there."""
     runner = ["-m", "effv2"] if kill_at_step is None else [FAULT_RUN, "--kill-at-step", str(kill_at_step)]
-    return subprocess.run([sys.executable, *runner, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, *runner, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
 
 
 def test_killed_and_resumed_run_is_bitwise_exact(tmp_path, tiny_fmnist):
@@ -146,15 +181,45 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_fmnist, capsys):
     assert rc == 2 and "batch_size" in capsys.readouterr().err
     rc, _ = _train(tmp_path, tiny_fmnist, "w", ["progressive.min_size=2"])
     assert rc == 2 and "min_size" in capsys.readouterr().err
-    assert main(["train", "--model", "efficientnetv2_pico", "--data", str(tmp_path / "missing"),
-                 "--out", str(tmp_path / "v")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "efficientnetv2_pico",
+                "--data",
+                str(tmp_path / "missing"),
+                "--out",
+                str(tmp_path / "v"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_torchrun_two_cpu_processes(tmp_path, tiny_fmnist):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           "-m", "effv2", "train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist",
-           "--data-dir", str(tiny_fmnist), "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "effv2",
+        "train",
+        "--model",
+        "efficientnetv2_pico",
+        "--data",
+        "fashion-mnist",
+        "--data-dir",
+        str(tiny_fmnist),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     for s in [*FAST, "epochs=1"]:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -236,7 +301,9 @@ def test_random_sigkills_then_resume_match_uninterrupted(tmp_path, tiny_fmnist):
 def test_init_from_weights_for_fine_tuning(tmp_path, tiny_fmnist):
     rc, first = _train(tmp_path, tiny_fmnist, "first", ["epochs=1"])
     assert rc == 0
-    rc, tuned = _train(tmp_path, tiny_fmnist, "tuned", ["epochs=1", "lr=1e-30", "warmup_epochs=0", "ema_decay=0"], "--init", str(first))
+    rc, tuned = _train(
+        tmp_path, tiny_fmnist, "tuned", ["epochs=1", "lr=1e-30", "warmup_epochs=0", "ema_decay=0"], "--init", str(first)
+    )
     assert rc == 0
     from effv2.training.inference import load_for_inference
 
@@ -277,8 +344,14 @@ def _jpeg_folder(root: Path, data_dir: Path, per_class: int = 24) -> Path:
 
 def test_resume_with_loader_workers_is_bitwise_exact(tmp_path, tiny_fmnist):
     folder = _jpeg_folder(tmp_path / "jpegs", tiny_fmnist)
-    sets = [*FAST, "deterministic=true", "checkpoint_every_steps=1", "num_workers=2", "batch_size=16",
-            "val_fraction=0.25"]
+    sets = [
+        *FAST,
+        "deterministic=true",
+        "checkpoint_every_steps=1",
+        "num_workers=2",
+        "batch_size=16",
+        "val_fraction=0.25",
+    ]
 
     def args(out: Path) -> list[str]:
         a = ["train", "--model", "efficientnetv2_pico", "--data", str(folder), "--out", str(out), "--quiet"]
@@ -302,17 +375,36 @@ def test_resume_under_torchrun_is_bitwise_exact(tmp_path, tiny_fmnist):
 
     def run(out: Path, kill_at_step: int | None = None, resume: bool = False, port: int = 29541):
         runner = ["-m", "effv2"] if kill_at_step is None else [FAULT_RUN, "--kill-at-step", str(kill_at_step)]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               *runner, "train"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            *runner,
+            "train",
+        ]
         if resume:
             cmd += ["--resume", str(out), "--quiet"]
         else:
-            cmd += ["--model", "efficientnetv2_pico", "--data", "fashion-mnist", "--data-dir", str(tiny_fmnist),
-                    "--out", str(out), "--quiet"]
+            cmd += [
+                "--model",
+                "efficientnetv2_pico",
+                "--data",
+                "fashion-mnist",
+                "--data-dir",
+                str(tiny_fmnist),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
             for s in sets:
                 cmd += ["--set", s]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
 
     full = run(tmp_path / "full", port=29542)
     assert full.returncode == 0, full.stderr[-3000:]

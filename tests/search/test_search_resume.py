@@ -43,8 +43,9 @@ def _wait_for(predicate, timeout: float = 90.0) -> None:
 
 def test_killed_search_resumes_without_retraining(tmp_path) -> None:
     out = tmp_path / "search"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         _wait_for(lambda: (out / "trials" / "3" / "spec.json").exists() or proc.poll() is not None)
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -64,8 +65,13 @@ def test_killed_search_resumes_without_retraining(tmp_path) -> None:
         calls.append(trial_dir.name)
         return synthetic(spec, trial_dir)
 
-    result = run_search(SPACE, counting, SearchConfig(out_dir=out, trials=6, sampler="random", quiet=True),
-                        step_time=synthetic.step_time, task=synthetic.task)
+    result = run_search(
+        SPACE,
+        counting,
+        SearchConfig(out_dir=out, trials=6, sampler="random", quiet=True),
+        step_time=synthetic.step_time,
+        task=synthetic.task,
+    )
     assert result["complete"] == 6
     assert calls == ["4", "5", "6"]  # 0-2 untouched; 3 re-run as 4 with the same choices; then 2 more
     study, _ = open_results(out)

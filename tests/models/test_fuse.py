@@ -33,6 +33,7 @@ def _timm(name: str):
     def build():
         timm = pytest.importorskip("timm")
         return timm.create_model(name, pretrained=False)
+
     return build
 
 
@@ -41,6 +42,7 @@ def _torchvision(name: str):
         import torchvision
 
         return getattr(torchvision.models, name)(weights=None)
+
     return build
 
 

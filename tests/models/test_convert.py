@@ -18,8 +18,15 @@ from effv2.errors import UsageError
 from effv2.io.torch_load import safe_torch_load, unwrap_state_dict
 from effv2.io.weights import load_into, read_metadata, save_weights
 from effv2.models import create_model
-from effv2.models.convert import (ConversionError, convert, forward_leaf_order, layer_signature, leaf_modules,
-                                  max_logit_diff, transfer_weights)
+from effv2.models.convert import (
+    ConversionError,
+    convert,
+    forward_leaf_order,
+    layer_signature,
+    leaf_modules,
+    max_logit_diff,
+    transfer_weights,
+)
 from effv2.models.flops import count_params
 from effv2.training.inference import load_for_inference
 
@@ -68,16 +75,20 @@ class _Evil:
 
 # -- parity ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("source", "name", "target", "padding", "eps", "size"), [
-    ("torchvision", "efficientnet_v2_m", "efficientnetv2_m", "symmetric", 1e-3, 64),
-    ("torchvision", "efficientnet_v2_l", "efficientnetv2_l", "symmetric", 1e-3, 64),
-    ("timm", "tf_efficientnetv2_b0", "efficientnetv2_b0", "tf_same", 1e-3, 64),
-    ("timm", "tf_efficientnetv2_b1", "efficientnetv2_b1", "tf_same", 1e-3, 65),
-    ("timm", "tf_efficientnetv2_b2", "efficientnetv2_b2", "tf_same", 1e-3, 70),
-    ("timm", "tf_efficientnetv2_b3", "efficientnetv2_b3", "tf_same", 1e-3, 64),
-    ("timm", "tf_efficientnetv2_s", "efficientnetv2_s", "tf_same", 1e-3, 64),
-    ("timm", "efficientnetv2_s", "efficientnetv2_s", "symmetric", 1e-5, 64),
-])
+
+@pytest.mark.parametrize(
+    ("source", "name", "target", "padding", "eps", "size"),
+    [
+        ("torchvision", "efficientnet_v2_m", "efficientnetv2_m", "symmetric", 1e-3, 64),
+        ("torchvision", "efficientnet_v2_l", "efficientnetv2_l", "symmetric", 1e-3, 64),
+        ("timm", "tf_efficientnetv2_b0", "efficientnetv2_b0", "tf_same", 1e-3, 64),
+        ("timm", "tf_efficientnetv2_b1", "efficientnetv2_b1", "tf_same", 1e-3, 65),
+        ("timm", "tf_efficientnetv2_b2", "efficientnetv2_b2", "tf_same", 1e-3, 70),
+        ("timm", "tf_efficientnetv2_b3", "efficientnetv2_b3", "tf_same", 1e-3, 64),
+        ("timm", "tf_efficientnetv2_s", "efficientnetv2_s", "tf_same", 1e-3, 64),
+        ("timm", "efficientnetv2_s", "efficientnetv2_s", "symmetric", 1e-5, 64),
+    ],
+)
 def test_converted_state_dict_gives_the_same_logits(source, name, target, padding, eps, size) -> None:
     src = _source(source, name)
     model = convert(source, src.state_dict(), src_name=name)
@@ -91,8 +102,17 @@ def test_converted_state_dict_gives_the_same_logits(source, name, target, paddin
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tf_efficientnetv2_m", "tf_efficientnetv2_l", "tf_efficientnetv2_xl",
-                                  "efficientnetv2_m", "efficientnetv2_l", "efficientnetv2_xl"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tf_efficientnetv2_m",
+        "tf_efficientnetv2_l",
+        "tf_efficientnetv2_xl",
+        "efficientnetv2_m",
+        "efficientnetv2_l",
+        "efficientnetv2_xl",
+    ],
+)
 def test_remaining_timm_names_give_the_same_logits(name: str) -> None:
     src = _source("timm", name)
     model = convert("timm", src.state_dict(), src_name=name)
@@ -112,7 +132,11 @@ def test_torchvision_s_module_and_state_dict_convert_identically(tv_s) -> None:
     assert tv_s.features[0][0].weight.abs().sum() > 0
     card = from_module.card
     assert (card.mean, card.std, card.interpolation, card.eval_size) == (
-        (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 384)
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        "bilinear",
+        384,
+    )
 
 
 def test_tf_weights_in_a_symmetric_model_are_detected() -> None:
@@ -156,11 +180,17 @@ def test_round_trip_effv2_to_timm_and_back() -> None:
 
 # -- leaf order is data-flow order ------------------------------------------------------------------
 
-@pytest.mark.parametrize(("kind", "name"), [
-    ("effv2", "efficientnetv2_b0"),  # first stage: e=1 Fused block without skip (32 -> 16)
-    ("effv2", "efficientnetv2_s"),  # first stage: e=1 Fused blocks with skip (24 -> 24)
-    ("timm", "tf_efficientnetv2_b0"), ("timm", "efficientnetv2_s"), ("torchvision", "efficientnet_v2_s"),
-])
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        ("effv2", "efficientnetv2_b0"),  # first stage: e=1 Fused block without skip (32 -> 16)
+        ("effv2", "efficientnetv2_s"),  # first stage: e=1 Fused blocks with skip (24 -> 24)
+        ("timm", "tf_efficientnetv2_b0"),
+        ("timm", "efficientnetv2_s"),
+        ("torchvision", "efficientnet_v2_s"),
+    ],
+)
 def test_registration_order_is_forward_order(kind: str, name: str) -> None:
     model = create_model(name) if kind == "effv2" else _source(kind, name)
     names = [n for n, _ in leaf_modules(model)]
@@ -178,16 +208,24 @@ def test_implementations_have_the_same_layer_sequence(tv_s) -> None:
     ours = layers(create_model("efficientnetv2_s"))
     # stem 2 + Fused e=1 2x2 + Fused e=4 8x4 + MBConv 30x8 (expand, dw, SE reduce/expand, project) + head 2 + fc 1
     assert len(ours) == 2 + 2 * 2 + 8 * 4 + 30 * 8 + 2 + 1 == 281
-    assert ours == layers(tv_s) == layers(_source("timm", "efficientnetv2_s")) == layers(
-        _source("timm", "tf_efficientnetv2_s"))
+    assert (
+        ours
+        == layers(tv_s)
+        == layers(_source("timm", "efficientnetv2_s"))
+        == layers(_source("timm", "tf_efficientnetv2_s"))
+    )
     assert [s[0] for s in ours[:3]] == ["Conv2d", "BatchNorm2d", "Conv2d"] and ours[-1][0] == "Linear"
 
 
 # -- errors -----------------------------------------------------------------------------------------
 
+
 def test_mismatched_architectures_name_the_first_differing_layers(tv_s) -> None:
-    with pytest.raises(ConversionError, match=r"architectures differ at source 'stem\.conv' Conv2d\(3->32.* "
-                                              r"vs target 'features\.0\.0' Conv2d\(3->24"):
+    with pytest.raises(
+        ConversionError,
+        match=r"architectures differ at source 'stem\.conv' Conv2d\(3->32.* "
+        r"vs target 'features\.0\.0' Conv2d\(3->24",
+    ):
         transfer_weights(create_model("efficientnetv2_b0"), tv_s)
 
 
@@ -199,8 +237,11 @@ def test_wrong_source_name_for_a_state_dict_names_the_key(tv_s) -> None:
 
 
 def test_unsupported_names_list_the_supported_ones() -> None:
-    with pytest.raises(ConversionError, match=r"efficientnetv2_rw_s.*different architecture.*valid: "
-                                              r"efficientnetv2_s, .*tf_efficientnetv2_b0"):
+    with pytest.raises(
+        ConversionError,
+        match=r"efficientnetv2_rw_s.*different architecture.*valid: "
+        r"efficientnetv2_s, .*tf_efficientnetv2_b0",
+    ):
         convert("timm", {}, src_name="efficientnetv2_rw_s")
     with pytest.raises(ConversionError, match=r"valid: efficientnet_v2_s, efficientnet_v2_m, efficientnet_v2_l$"):
         convert("torchvision", {}, src_name="efficientnet_v2_xl")
@@ -219,14 +260,19 @@ def test_missing_timm_is_a_clear_error(monkeypatch) -> None:
 
 # -- safe loading -----------------------------------------------------------------------------------
 
+
 def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path) -> None:
     live = tmp_path / "live_marker"
     pickle.loads(pickle.dumps(_Evil(live))).close()
     assert live.exists()  # the payload is real: plain unpickling runs it
 
     marker = tmp_path / "marker"
-    for i, write in enumerate((lambda p: torch.save({"w": torch.ones(1), "x": _Evil(marker)}, p),
-                               lambda p: p.write_bytes(pickle.dumps({"x": _Evil(marker)})))):
+    for i, write in enumerate(
+        (
+            lambda p: torch.save({"w": torch.ones(1), "x": _Evil(marker)}, p),
+            lambda p: p.write_bytes(pickle.dumps({"x": _Evil(marker)})),
+        )
+    ):
         path = tmp_path / f"evil{i}.pth"
         write(path)
         with pytest.raises(UsageError, match=rf"{path.name}: refused: not a plain weights file"):
@@ -236,8 +282,9 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path) -> None:
 
 def test_training_checkpoints_are_unwrapped(tmp_path) -> None:
     w, e = {"a.weight": torch.ones(2)}, {"a.weight": torch.zeros(2)}
-    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in w.items()}, "state_dict_ema": e},
-               tmp_path / "ckpt.pth")
+    torch.save(
+        {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in w.items()}, "state_dict_ema": e}, tmp_path / "ckpt.pth"
+    )
     assert torch.equal(safe_torch_load(tmp_path / "ckpt.pth")["a.weight"], torch.ones(2))
     assert torch.equal(safe_torch_load(tmp_path / "ckpt.pth", ema=True)["a.weight"], torch.zeros(2))
     assert unwrap_state_dict({"model": {"_orig_mod.x": torch.ones(1)}}).keys() == {"x"}
@@ -259,17 +306,32 @@ def test_unloadable_files_are_usage_errors(tmp_path) -> None:
     with pytest.raises(UsageError, match=r"ns\.pth: refused: .*references argparse\.Namespace"):
         safe_torch_load(tmp_path / "ns.pth")
     torch.save({"epoch": 1}, tmp_path / "empty.pth")
-    with pytest.raises(UsageError, match=r"empty\.pth: found no state_dict \(top-level keys: epoch; looked for state_dict, model"):
+    with pytest.raises(
+        UsageError, match=r"empty\.pth: found no state_dict \(top-level keys: epoch; looked for state_dict, model"
+    ):
         safe_torch_load(tmp_path / "empty.pth")
 
 
 # -- the CLI ----------------------------------------------------------------------------------------
 
+
 def test_cli_converts_a_torchvision_file(tv_s, tmp_path, capsys) -> None:
     src, out = tmp_path / "tv_s.pth", tmp_path / "s.safetensors"
     torch.save(tv_s.state_dict(), src)
-    rc = main(["convert", "--from", "torchvision", str(src), "--model", "efficientnet_v2_s", "--out", str(out),
-               "--check-size", "64"])
+    rc = main(
+        [
+            "convert",
+            "--from",
+            "torchvision",
+            str(src),
+            "--model",
+            "efficientnet_v2_s",
+            "--out",
+            str(out),
+            "--check-size",
+            "64",
+        ]
+    )
     printed = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and len(printed) == 1
     assert "efficientnet_v2_s -> efficientnetv2_s (21,458,488 parameters" in printed[0]
@@ -296,7 +358,17 @@ def test_cli_refuses_a_malicious_file(tmp_path, capsys) -> None:
 
 
 def test_cli_rejects_unsupported_models_in_one_line(tmp_path, capsys) -> None:
-    rc = main(["convert", "--from", "timm", str(tmp_path / "x.pth"), "--model", "efficientnetv2_rw_s",
-               "--out", str(tmp_path / "o.safetensors")])
+    rc = main(
+        [
+            "convert",
+            "--from",
+            "timm",
+            str(tmp_path / "x.pth"),
+            "--model",
+            "efficientnetv2_rw_s",
+            "--out",
+            str(tmp_path / "o.safetensors"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "valid: efficientnetv2_s" in err

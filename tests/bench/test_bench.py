@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from effv2.bench import BenchConfig, fast_defaults, run_bench, time_infer, time_train_step
-from effv2.bench.compare import (Reference, build_reference, check_same_logits, copy_weights, interleave,
-                                 reference_for)
+from effv2.bench.compare import Reference, build_reference, check_same_logits, copy_weights, interleave, reference_for
 from effv2.bench.machine import cpu_peak_flops, cuda_peak_flops
 from effv2.cli.main import main
 from effv2.errors import UsageError
@@ -37,8 +36,20 @@ def test_time_train_step_updates_weights() -> None:
 @pytest.mark.parametrize("amp,channels_last,optimizer", [("bf16", True, "adamw"), ("fp16", False, "rmsprop")])
 def test_time_train_step_options(amp: str, channels_last: bool, optimizer: str) -> None:
     model = create_model("efficientnetv2_pico", num_classes=5)
-    _check_timing(time_train_step(model, batch_size=2, image_size=32, steps=1, warmup=0, amp=amp,
-                                  channels_last=channels_last, optimizer=optimizer), 1, 2)
+    _check_timing(
+        time_train_step(
+            model,
+            batch_size=2,
+            image_size=32,
+            steps=1,
+            warmup=0,
+            amp=amp,
+            channels_last=channels_last,
+            optimizer=optimizer,
+        ),
+        1,
+        2,
+    )
 
 
 def test_time_infer_eval_mode() -> None:
@@ -48,8 +59,9 @@ def test_time_infer_eval_mode() -> None:
     assert not model.training
 
 
-@pytest.mark.parametrize("kwargs", [dict(amp="int8"), dict(batch_size=0), dict(steps=0), dict(optimizer="lamb"),
-                                    dict(device="tpu")])
+@pytest.mark.parametrize(
+    "kwargs", [dict(amp="int8"), dict(batch_size=0), dict(steps=0), dict(optimizer="lamb"), dict(device="tpu")]
+)
 def test_timing_rejects_bad_input(kwargs: dict) -> None:
     args = dict(batch_size=2, image_size=32, steps=1, warmup=0) | kwargs
     with pytest.raises(UsageError):
@@ -58,8 +70,9 @@ def test_timing_rejects_bad_input(kwargs: dict) -> None:
 
 def test_interleave_reports_each_variant() -> None:
     calls: list[str] = []
-    out = interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, batch_size=4,
-                     n_steps=3, warmup=1)
+    out = interleave(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, batch_size=4, n_steps=3, warmup=1
+    )
     assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-ups, then alternating rounds
     assert set(out) == {"a", "b"} and out["a"]["steps"] == 3
 
@@ -76,16 +89,42 @@ def test_bench_cli_json_pico(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_bench_train_flops_are_three_forwards() -> None:
-    r = run_bench(BenchConfig(model="efficientnetv2_pico", image_size=32, batch_size=2, steps=1, warmup=0,
-                              mode="train", amp="none", channels_last=True))
+    r = run_bench(
+        BenchConfig(
+            model="efficientnetv2_pico",
+            image_size=32,
+            batch_size=2,
+            steps=1,
+            warmup=0,
+            mode="train",
+            amp="none",
+            channels_last=True,
+        )
+    )
     assert r["flop_per_img"] == 6 * r["macs_per_img"]
     assert r["settings_source"]["channels_last"] == "flag" and r["effv2_settings"]["channels_last"] is True
 
 
 def test_bench_compare_timm_b0(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("timm")
-    args = ["bench", "--model", "efficientnetv2_b0", "--size", "32", "--batch", "2", "--steps", "1",
-            "--warmup", "0", "--mode", "infer", "--compare", "timm", "--json"]
+    args = [
+        "bench",
+        "--model",
+        "efficientnetv2_b0",
+        "--size",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--mode",
+        "infer",
+        "--compare",
+        "timm",
+        "--json",
+    ]
     assert main(args) == 0
     r = json.loads(capsys.readouterr().out)
     variants = [x["variant"] for x in r["results"]]
@@ -122,8 +161,13 @@ def test_reference_table() -> None:
 
 
 def test_cpu_peak_from_flags() -> None:
-    info = {"flags": ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"], "cores": 4, "mhz": 2000.0,
-            "mhz_source": "test", "torch_threads": 4}
+    info = {
+        "flags": ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"],
+        "cores": 4,
+        "mhz": 2000.0,
+        "mhz_source": "test",
+        "torch_threads": 4,
+    }
     assert cpu_peak_flops("fp32", info=info)[0] == pytest.approx(4 * 2e9 * 64)
     assert cpu_peak_flops("bf16", info=info)[0] == pytest.approx(4 * 2e9 * 1024)
     assert cpu_peak_flops("fp16", info=info)[0] == pytest.approx(4 * 2e9 * 64)  # no fp16 ISA: fp32 rate
@@ -133,8 +177,15 @@ def test_cpu_peak_from_flags() -> None:
 
 
 def test_cpu_peak_on_zen4_counts_one_512_bit_fma_per_cycle() -> None:
-    zen4 = {"flags": ["avx2", "fma", "avx512f", "avx512_bf16"], "cores": 2, "mhz": 2600.0, "mhz_source": "test",
-            "torch_threads": 2, "vendor": "AuthenticAMD", "family": 25}
+    zen4 = {
+        "flags": ["avx2", "fma", "avx512f", "avx512_bf16"],
+        "cores": 2,
+        "mhz": 2600.0,
+        "mhz_source": "test",
+        "torch_threads": 2,
+        "vendor": "AuthenticAMD",
+        "family": 25,
+    }
     fp32, how = cpu_peak_flops("fp32", info=zen4)
     assert fp32 == pytest.approx(2 * 2.6e9 * 32) and "Zen 4" in how
     assert cpu_peak_flops("bf16", info=zen4)[0] == pytest.approx(2 * 2.6e9 * 64)
@@ -157,14 +208,17 @@ def test_fast_defaults_keys() -> None:
     assert fast_defaults("cpu", batch_size=1)["amp"] == "none"  # bf16 measured slower for single images
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--model", "nope", "--size", "32"], "unknown model 'nope'"),
-    ([*TINY, "--mode", "train", "--fold-bn"], "--fold-bn applies to --mode infer only"),
-    ([*TINY, "--compare", "timm"], "nothing to compare with"),
-    ([*TINY, "--compare", "keras"], "'keras' is not one of"),
-    ([*TINY, "--compile"], "--compile needs --warmup >= 1"),
-    ([*TINY, "--threads", "0"], "--threads"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "nope", "--size", "32"], "unknown model 'nope'"),
+        ([*TINY, "--mode", "train", "--fold-bn"], "--fold-bn applies to --mode infer only"),
+        ([*TINY, "--compare", "timm"], "nothing to compare with"),
+        ([*TINY, "--compare", "keras"], "'keras' is not one of"),
+        ([*TINY, "--compile"], "--compile needs --warmup >= 1"),
+        ([*TINY, "--threads", "0"], "--threads"),
+    ],
+)
 def test_cli_errors_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err

@@ -6,6 +6,7 @@ import gzip
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from effv2.data import DataBundle, TensorImageSet, list_sources, load_source, na
 from effv2.data.idx import idx_bytes, parse_idx, read_idx, write_idx
 from effv2.errors import UsageError
 
-SHARED = "/work/shared/data/fashion-mnist"
+SHARED = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "fashion-mnist")
 FILES = named._FMNIST_FILES
 needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED), reason="shared Fashion-MNIST copy not present")
 
