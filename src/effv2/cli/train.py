@@ -49,7 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         const=True,
         default=None,
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR (or in --out) from its last checkpoint",
+        help="continue the run in RUN_DIR (or in --out) from its last checkpoint; only --epochs may change it "
+        "(to extend a run)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let a new run use a non-empty --out folder that is not an effv2 run (its files are left alone)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--quiet", action="store_true")
@@ -67,7 +73,23 @@ def run(args: argparse.Namespace) -> int:
         out = args.resume if isinstance(args.resume, str) else args.out
         if not out:
             raise UsageError("--resume needs a run folder: --resume RUN_DIR or --out RUN_DIR --resume")
-        train(None, None, out, resume=True, data_dir=args.data_dir, quiet=args.quiet, device=args.device)
+        if args.resume is not True and args.out and args.out != args.resume:
+            raise UsageError(f"--resume {args.resume} and --out {args.out} name two folders; give one")
+        train(
+            model,
+            args.data,
+            out,
+            resume=True,
+            data_dir=args.data_dir,
+            quiet=args.quiet,
+            device=args.device,
+            epochs=args.epochs,
+            recipe=args.recipe,
+            overrides=args.overrides,
+            seed=args.seed,
+            deterministic=args.deterministic,
+            init=args.init,
+        )
         return 0
     if not model or not args.data or not args.out:
         raise UsageError("--model (or --model-spec), --data and --out are required")
@@ -84,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         device=args.device,
         download=args.download,
+        overwrite=args.overwrite,
         init=args.init,
     )
     return 0

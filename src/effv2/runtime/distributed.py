@@ -62,3 +62,39 @@ def barrier(d: Dist) -> None:
 def cleanup(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_objects(obj: object, d: Dist) -> list[object]:
+    """Every rank's ``obj`` (JSON-like values), in rank order, on every rank."""
+    if not d.enabled:
+        return [obj]
+    out: list[object] = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class RankRNG:
+    """A checkpoint part holding every rank's global RNG states (dropout and stochastic-depth masks
+    differ between ranks): gathered to the writer before a save, each rank restores its own."""
+
+    def __init__(self, d: Dist) -> None:
+        self.dist = d
+        self._states: list[object] = []
+
+    def gather(self) -> None:
+        """Collective: call on every rank before the checkpoint is written."""
+        from ..io.rng import capture_rng
+
+        self._states = gather_objects(capture_rng(), self.dist)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"ranks": [{"json": j, "tensors": t} for j, t in self._states]}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        from ..io.rng import restore_rng
+
+        ranks = state["ranks"]
+        if len(ranks) != self.dist.world_size:
+            raise ValueError(f"saved by {len(ranks)} processes, resumed with {self.dist.world_size}")
+        mine = ranks[self.dist.rank]
+        restore_rng(mine["json"], mine["tensors"])

@@ -6,8 +6,9 @@ before any work starts, so mistakes cost seconds and print one line.
 
 from __future__ import annotations
 
-import json
 import os
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,16 @@ import torch
 
 from .. import __version__
 from ..config import Recipe, recipe_from_dict, recipe_to_dict, resolve_recipe
+from ..data.order import derive_seed
 from ..data.sources import DataBundle, load_source
 from ..errors import UsageError
-from ..io.atomic import atomic_write_text
 from ..models import get_card
 from ..runtime import deterministic as deterministic_mode
 from ..runtime import resolve_runtime
-from ..runtime.distributed import cleanup
+from ..runtime.distributed import barrier, cleanup
 from .build import build_model, build_parts, channel_stats, seed_everything
 from .callbacks import Callback
+from .run_folder import absolute, check_out_dir, check_resume, data_fingerprint, read_config, run_lock, write_config
 from .trainer import RunInfo, Trainer
 
 
@@ -42,8 +44,25 @@ def _validate(recipe: Recipe, model: str, bundle: DataBundle) -> None:
         raise UsageError(f"batch_size={recipe.batch_size} is larger than the training set ({len(bundle.train)} images)")
 
 
-def _config_path(out_dir: Path) -> Path:
-    return out_dir / "config.json"
+def _resume_config(out: Path, epochs: int | None, given: dict[str, Any]) -> tuple[dict[str, Any], Recipe]:
+    """config.json of the run to resume, with ``epochs`` applied (extending a run is meaningful);
+    every other option would silently change a run in mid-flight, so it is refused by name."""
+    refused = [name for name, value in given.items() if value not in (None, [], {}, ())]
+    if refused:
+        raise UsageError(
+            f"--resume continues a run exactly as configured; {', '.join(refused)} cannot be changed "
+            f"(only --epochs can extend it); start a new run with another --out instead"
+        )
+    cfg = read_config(out)
+    rec = recipe_from_dict(cfg["recipe"])
+    if epochs is not None and epochs != rec.epochs:
+        rec = replace(rec, epochs=epochs)
+        cfg["recipe"] = recipe_to_dict(rec)
+        cfg.setdefault("layers", {})[f"resume@{time.strftime('%Y-%m-%dT%H:%M:%S')}"] = {
+            "source": "--resume --epochs",
+            "set": {"epochs": epochs},
+        }
+    return cfg, rec
 
 
 def train(
@@ -62,29 +81,43 @@ def train(
     device: str = "auto",
     download: bool = False,
     init: str | None = None,
+    overwrite: bool = False,
     callbacks: list[Callback] | tuple[Callback, ...] = (),
 ) -> dict[str, Any]:
     """Train ``model`` on ``data`` into ``out_dir`` and return the run's summary.
 
     With ``resume=True`` the model, data and recipe come from ``out_dir/config.json`` and training
-    continues from ``out_dir/checkpoints/last.safetensors``.
+    continues from ``out_dir/checkpoints/last.safetensors`` (``epochs`` may extend the run; any
+    other option is refused). ``overwrite`` lets a new run use a non-empty folder that is not a run.
     """
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser().absolute()
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        check_out_dir(out, resume=resume, overwrite=overwrite)
+    if seed is not None and not 0 <= seed < 2**63:
+        raise UsageError(f"--seed {seed}: expected an integer in 0..2**63-1")
     if resume:
-        cfg_file = _config_path(out)
-        if not cfg_file.is_file():
-            raise UsageError(f"{out}: not a run folder to resume (no config.json)")
-        cfg = json.loads(cfg_file.read_text())
+        given = {
+            "--model": model,
+            "--data": data,
+            "--recipe": recipe,
+            "--set": overrides,
+            "--seed": seed,
+            "--deterministic": deterministic,
+            "--init": init,
+        }
+        cfg, rec = _resume_config(out, epochs, given)
         model, source, init = cfg["model"], cfg["data"], cfg.get("init")
-        rec = recipe_from_dict(cfg["recipe"])
         data_dir = data_dir or cfg.get("data_dir")
-        bundle = data if isinstance(data, DataBundle) else None
+        provenance = cfg.get("layers", {})
+        bundle = None
     else:
         if model is None or data is None:
             raise UsageError("--model and --data are required (or --resume RUN_DIR)")
+        model = absolute(model) if model.endswith(".json") else model
         get_card(model)  # unknown model -> one-line error before anything else
-        source = data.source if isinstance(data, DataBundle) else str(data)
-        dataset_key = source if not isinstance(data, DataBundle) else data.source
+        source = data.source if isinstance(data, DataBundle) else absolute(str(data))
+        data_dir, init = absolute(data_dir), absolute(init)
         extra = dict(overrides) if isinstance(overrides, dict) else list(overrides or [])
         if isinstance(extra, dict):
             if seed is not None:
@@ -97,12 +130,14 @@ def train(
             extra += [f"seed={seed}"] if seed is not None else []
             extra += [f"epochs={epochs}"] if epochs is not None else []
             extra += [f"deterministic={'true' if deterministic else 'false'}"] if deterministic is not None else []
-        rec, provenance = resolve_recipe(recipe, model=model, dataset=dataset_key, overrides=extra)
+        rec, provenance = resolve_recipe(recipe, model=model, dataset=source, overrides=extra)
         bundle = data if isinstance(data, DataBundle) else None
     if bundle is None:
         bundle = load_source(
             source, data_dir=data_dir, download=download, val_fraction=rec.val_fraction, split_seed=rec.seed
         )
+    if resume:
+        check_resume(out, cfg, bundle)
     _validate(rec, model, bundle)
     if rec.batch_size % int(os.environ.get("WORLD_SIZE", "1")):
         raise UsageError(f"batch_size={rec.batch_size} is not divisible by the {os.environ['WORLD_SIZE']} processes")
@@ -117,31 +152,35 @@ def train(
     )
     dist = runtime.dist
     try:
-        if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                if (out / "checkpoints" / "last.safetensors").exists():
-                    raise UsageError(f"{out} already holds a run; use --resume {out} or another --out")
-                config = {
-                    "model": model,
-                    "data": source,
-                    "data_dir": data_dir,
-                    "init": init,
-                    "recipe": recipe_to_dict(rec),
-                    "layers": provenance,
-                    "effv2_version": __version__,
-                    "torch_version": torch.__version__,
-                    "world_size": dist.world_size,
-                    "device": str(runtime.device),
-                }
-                atomic_write_text(_config_path(out), json.dumps(config, indent=2) + "\n")
-                for stale in ("metrics.jsonl", "skipped.jsonl"):
-                    (out / stale).unlink(missing_ok=True)
-        with deterministic_mode(rec.deterministic):
-            trainer = build_trainer(
-                rec, model, bundle, runtime, out, init=init, resume=resume, quiet=quiet, callbacks=callbacks
-            )
-            return trainer.fit()
+        with run_lock(out, enabled=dist.is_main):
+            if dist.is_main:
+                if resume:
+                    write_config(out, cfg)  # --epochs may have extended it
+                else:
+                    write_config(
+                        out,
+                        {
+                            "model": model,
+                            "data": source,
+                            "data_dir": data_dir,
+                            "init": init,
+                            "recipe": recipe_to_dict(rec),
+                            "layers": provenance,
+                            "data_fingerprint": data_fingerprint(bundle),
+                            "effv2_version": __version__,
+                            "torch_version": torch.__version__,
+                            "world_size": dist.world_size,
+                            "device": str(runtime.device),
+                        },
+                    )
+                    for stale in ("metrics.jsonl", "skipped.jsonl"):
+                        (out / stale).unlink(missing_ok=True)
+            barrier(dist)  # no rank starts before the folder is set up and locked
+            with deterministic_mode(rec.deterministic):
+                trainer = build_trainer(
+                    rec, model, bundle, runtime, out, init=init, resume=resume, quiet=quiet, callbacks=callbacks
+                )
+                return trainer.fit()
     finally:
         cleanup(dist)
 
@@ -174,6 +213,8 @@ def build_trainer(
         drop_path=card.drop_path,
     )
     parts = build_parts(rec, net, runtime, bundle=bundle)
+    if runtime.dist.rank > 0:  # same initial weights everywhere; each rank its own dropout/drop-path masks
+        seed_everything(derive_seed(rec.seed, "rank", runtime.dist.rank))
     return Trainer(
         recipe=rec,
         parts=parts,

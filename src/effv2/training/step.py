@@ -54,6 +54,10 @@ class TrainStep:
         self.max_norm = grad_clip if grad_clip > 0 else float("inf")
         # the task's parameters in module order (the model's first): the norm's summation order, kept fixed
         self.params = [p for p in task.parameters() if p.requires_grad]
+        # BatchNorm running statistics change in the forward pass, before the finiteness check: they
+        # are snapshot each step and put back when the step is skipped, so a bad batch leaves no trace.
+        self.buffers = list(task.buffers())
+        self._saved = [b.detach().clone() for b in self.buffers]
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:
@@ -62,6 +66,8 @@ class TrainStep:
     def __call__(self, batches: Mapping[str, Any], index: int, lr: float | None = None) -> StepResult:
         if lr is not None:
             self.set_lr(lr)
+        if self.buffers:
+            torch._foreach_copy_(self._saved, self.buffers)
         out = self.task(batches, index)
         if "loss" not in out:
             raise KeyError(f"task {self.task.name}: forward() must return a 'loss'")
@@ -81,6 +87,8 @@ class TrainStep:
         bad = not (math.isfinite(parts["loss"]) and math.isfinite(norm))
         if any_true(bad, self.runtime.dist, self.runtime.device):
             self.optimizer.zero_grad(set_to_none=True)
+            if self.buffers:
+                torch._foreach_copy_(self.buffers, self._saved)
             if self.scaler is not None:
                 self.scaler.update()
             return StepResult({k: float("nan") for k in names}, float("nan"), False)

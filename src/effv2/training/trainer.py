@@ -30,11 +30,12 @@ from torch import nn
 from .. import __version__
 from ..data.sources import DataBundle
 from ..data.streams import StepContext, stream_steps, train_steps
+from ..errors import UsageError
 from ..io.atomic import atomic_write_text
-from ..io.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from ..io.checkpoint import checkpoint_path, load_checkpoint, previous_path, save_checkpoint
 from ..models.flops import count_params
 from ..runtime import Runtime
-from ..runtime.distributed import barrier
+from ..runtime.distributed import RankRNG, any_true, barrier, gather_objects
 from .build import Parts, train_step
 from .callbacks import Callback
 from .evaluate import evaluate
@@ -124,6 +125,8 @@ class Trainer:
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.skipped_path = self.out_dir / "skipped.jsonl"
         self._skipped_seen: set[str] = set()
+        self._pending_skipped: list[dict] = []
+        self.rank_rng = RankRNG(self.dist) if self.dist.enabled else None
         if resume:
             self._load_last()
 
@@ -141,26 +144,55 @@ class Trainer:
             print(msg, flush=True)
 
     # -- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint_parts(self) -> dict[str, Any]:
+        return {**self.parts.checkpoint_parts(), "rank_rng": self.rank_rng}
+
     def save(self, which: str) -> None:
         """Rank 0 writes every part; every rank waits so none runs ahead of a checkpoint it may need."""
+        self._flush_skipped()
+        if self.rank_rng is not None:
+            self.rank_rng.gather()
         if self.is_main:
             save_checkpoint(
                 checkpoint_path(self.out_dir, which),
-                self.parts.checkpoint_parts(),
+                self._checkpoint_parts(),
                 state={**self.state.to_dict(), **self.info.to_meta()},
                 recipe=self.recipe_dict,
             )
         barrier(self.dist)
 
     def _load_last(self) -> None:
-        path = checkpoint_path(self.out_dir, "last")
-        if not path.exists():  # killed before its first checkpoint: start over with the same config
+        """Continue from checkpoints/last; if it is missing or damaged, from last.prev (and say so).
+        A run with metrics but no readable checkpoint is refused rather than restarted over them."""
+        last = checkpoint_path(self.out_dir, "last")
+        candidates = [p for p in (last, previous_path(last)) if p.exists()]
+        if not candidates:
+            if read_jsonl(self.metrics_path):
+                raise UsageError(
+                    f"{self.out_dir}: metrics.jsonl has results but no checkpoint is left in "
+                    f"{last.parent}; refusing to restart over them (move the folder away to start anew)"
+                )
             self.log(f"{self.out_dir}: no checkpoint yet; starting the run from the beginning")
             for stale in (self.metrics_path, self.skipped_path):
                 stale.unlink(missing_ok=True) if self.is_main else None
             return
-        # A version-1 checkpoint has no GradScaler state: the scaler then starts afresh.
-        ckpt = load_checkpoint(path, self.parts.checkpoint_parts(), restore_rng_state=True, optional=("scaler",))
+        errors = []
+        for path in candidates:
+            try:
+                # A version-1 checkpoint has no GradScaler state: the scaler then starts afresh.
+                ckpt = load_checkpoint(
+                    path,
+                    self._checkpoint_parts(),
+                    restore_rng_state=self.rank_rng is None,
+                    optional=("scaler", "rank_rng"),
+                )
+                break
+            except UsageError as exc:
+                errors.append(str(exc))
+        else:
+            raise UsageError(f"{self.out_dir}: no usable checkpoint: " + " | ".join(errors))
+        if errors:
+            self.log(f"warning: {errors[0]}; resuming from the previous checkpoint {path}")
         self.state = TrainState.from_dict(ckpt.state)
         if self.is_main:  # drop metrics written after the checkpoint we resume from (they will be redone)
             kept = [m for m in read_jsonl(self.metrics_path) if m.get("step", 0) <= self.state.global_step]
@@ -202,12 +234,19 @@ class Trainer:
         )
 
     def _note_skipped(self, records: list[dict]) -> None:
-        if not self.is_main:
-            return
-        for rec in records:
-            if rec["path"] not in self._skipped_seen:
-                self._skipped_seen.add(rec["path"])
-                append_jsonl(self.skipped_path, rec)
+        """Files that failed on this rank; written to skipped.jsonl (once per path) at the next save."""
+        self._pending_skipped.extend(records)
+        if not self.dist.enabled:
+            self._flush_skipped()
+
+    def _flush_skipped(self) -> None:
+        """Collective under torchrun: every rank's skipped files reach rank 0's skipped.jsonl."""
+        pending, self._pending_skipped = self._pending_skipped, []
+        for records in gather_objects(pending, self.dist):
+            for rec in records if self.is_main else ():
+                if rec["path"] not in self._skipped_seen:
+                    self._skipped_seen.add(rec["path"])
+                    append_jsonl(self.skipped_path, rec)
 
     def _check_nonfinite(self, stepped: bool, batch_index: int) -> None:
         s = self.state
@@ -264,7 +303,8 @@ class Trainer:
                 if res.stepped:
                     for cb in self.callbacks:
                         cb.on_step_end(self)
-                if deadline is not None and time.perf_counter() > deadline:
+                # the budget is decided once for all ranks: none may stop while another waits in a collective
+                if deadline is not None and any_true(time.perf_counter() > deadline, self.dist, self.runtime.device):
                     s.wall_s += time.perf_counter() - t_start
                     self._epoch_means(sums)
                     return False
@@ -347,9 +387,9 @@ class Trainer:
             )
             improved = rec["top1"] > s.best_top1
             s.best_top1 = max(s.best_top1, rec["top1"])
-            self.save("last")
-            if improved:
+            if improved:  # best before last: a kill between the two leaves last still naming the old best
                 self.save("best")
+            self.save("last")
             for cb in self.callbacks:
                 cb.on_epoch_end(self, rec)
             if not completed:
@@ -359,6 +399,7 @@ class Trainer:
 
     def finish(self, completed: bool) -> dict[str, Any]:
         s = self.state
+        self._flush_skipped()
         metrics = read_jsonl(self.metrics_path) if self.is_main else []
         final = metrics[-1] if metrics else {}
         summary: dict[str, Any] = {
