@@ -60,6 +60,15 @@ WORDS = st.sampled_from(
         "{",
         "[1,2]",
         "\x00",
+        "--device",
+        "cuda:7",
+        "tpu",
+        "--overwrite",
+        "task=nope",
+        "seed=-5",
+        "99999999999999999999999",
+        "--model-spec",
+        "--top-k",
     ]
 )
 

@@ -36,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The user's message. A DataLoader worker re-raises an error with the worker's traceback in its
+    text; the message is its last line."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -45,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (UsageError, SpecError) as exc:
-        print(f"effv2 {args.command}: error: {exc}", file=sys.stderr)
+        print(f"effv2 {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         from ..training.trainer import NonFiniteError

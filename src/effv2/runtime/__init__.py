@@ -53,9 +53,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     else:
         try:
             dev = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
+        except (RuntimeError, TypeError):
             raise UsageError(
-                f"--device {device!r}: not a torch device ({exc}); use auto, cpu, cuda or cuda:N"
+                f"--device {device}: not a device effv2 knows; use auto, cpu, cuda, cuda:N or mps"
             ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():

@@ -8,13 +8,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from ..io.atomic import atomic_write
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
+    """Append one JSON line; a full disk or a lost folder is a one-line error (the checkpoints written
+    so far stay intact, and --resume continues once there is room)."""
+    try:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+    except OSError as exc:
+        raise UsageError(f"could not write {path}: {exc.strerror or exc}") from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
