@@ -79,6 +79,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="recipe override for every trial (repeatable)",
     )
     g.add_argument("--trial-time", type=float, metavar="SECONDS", help="cap each trial's training time")
+    g.add_argument(
+        "--trial-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="hard limit per trial, whatever it is doing: past it the trial is recorded as failed, the search goes on",
+    )
     g.add_argument("--train-subset", type=int, metavar="N", help="proxy-train on a stratified subset of N images")
     g.add_argument("--val-subset", type=int, metavar="N", help="score on a stratified subset of N val images")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (training and step timing)")
@@ -218,6 +224,7 @@ def _run(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         grace_s=4 * args.heartbeat,
         threads=args.threads,
+        trial_timeout_s=args.trial_timeout,
         quiet=args.quiet,
     )
     if not args.quiet:

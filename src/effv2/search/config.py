@@ -55,6 +55,9 @@ class SearchConfig:
     heartbeat_s: int = 30
     grace_s: int = 120
     threads: int | None = None  # torch CPU threads per worker; None: cores / workers when workers > 1
+    # Hard wall-clock limit per trial (whatever it is doing: training, timing, a hung read): past it the
+    # trial is recorded as failed with the reason and the search goes on. None: no limit.
+    trial_timeout_s: float | None = None
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -68,6 +71,8 @@ class SearchConfig:
             )
         if not 0 <= self.explore <= 1:
             raise UsageError(f"explore: expected a share in [0, 1], got {self.explore}")
+        if self.trial_timeout_s is not None and not self.trial_timeout_s > 0:
+            raise UsageError(f"--trial-timeout: expected a positive number of seconds, got {self.trial_timeout_s}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads: expected at least 1, got {self.threads}")
         if self.heartbeat_s < 1 or self.grace_s <= self.heartbeat_s:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import sys
 import time
@@ -21,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..errors import UsageError
 from ..io.atomic import atomic_write_text
 from ..models.spec import ArchSpec
+from ..training.run_folder import RunFolderBusy
 from .config import Evaluate, SearchConfig
 from .cost import Cost, model_cost, reward
 from .evaluators import TaskInfo
@@ -34,6 +36,39 @@ from .storage import load_study, open_storage
 # -- one process's share of the work ---------------------------------------------------------------
 class _TrialFailed(Exception):
     """A candidate that could not be evaluated (out of memory, diverged...): recorded, search goes on."""
+
+
+class TrialTimeout(Exception):
+    """The trial ran past SearchConfig.trial_timeout_s."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Raise TrialTimeout in this (main) thread after ``seconds`` of wall time (SIGALRM; POSIX)."""
+    if seconds is None or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expired(signum, frame):
+        raise TrialTimeout(f"the trial ran past its limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _die_with_parent() -> None:
+    """A worker process gets SIGKILL when the search that started it dies (Linux), so a killed search
+    leaves no orphan workers training on."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
 class _Worker:
@@ -107,13 +142,17 @@ class _Worker:
         if trial.user_attrs.get("interrupted"):  # a re-queued copy of an interrupted trial
             trial.set_user_attr("interrupted", False)
         try:
-            step_s = self._step_s(spec)
-            t0 = time.time()
-            metrics = dict(self.evaluate(spec, trial_dir))
-            metrics.setdefault("train_s", time.time() - t0)
+            with _time_limit(self.config.trial_timeout_s):
+                step_s = self._step_s(spec)
+                t0 = time.time()
+                metrics = dict(self.evaluate(spec, trial_dir))
+                metrics.setdefault("train_s", time.time() - t0)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)  # Optuna marks it FAIL; the next run re-queues it
             raise
+        except RunFolderBusy as exc:  # another worker claimed the same trial: its run goes on, this one yields
+            trial.set_user_attr("error", str(exc)[:500])
+            raise _TrialFailed(str(exc)) from exc
         except UsageError:
             raise  # a mistake in the command line or recipe: stop, don't burn every trial on it
         except Exception as exc:  # noqa: BLE001 - one bad candidate must not end a long search
@@ -278,6 +317,7 @@ def _worker_main(
     deadline: float | None,
 ) -> None:
     """Entry point of a spawned worker process (module level so it can be pickled)."""
+    _die_with_parent()
     try:
         _Worker(space, evaluate, config, index=index, step_time=step_time, task=task).run(deadline)
     except UsageError as exc:

@@ -94,6 +94,44 @@ def train(
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank:
         check_out_dir(out, resume=resume, overwrite=overwrite)
+    with run_lock(out, enabled=main_rank):  # held from the first check to the last write
+        return _train(
+            out,
+            model,
+            data,
+            recipe=recipe,
+            overrides=overrides,
+            data_dir=data_dir,
+            seed=seed,
+            epochs=epochs,
+            quiet=quiet,
+            deterministic=deterministic,
+            resume=resume,
+            device=device,
+            download=download,
+            init=init,
+            callbacks=callbacks,
+        )
+
+
+def _train(
+    out: Path,
+    model,
+    data,
+    *,
+    recipe,
+    overrides,
+    data_dir,
+    seed,
+    epochs,
+    quiet,
+    deterministic,
+    resume,
+    device,
+    download,
+    init,
+    callbacks,
+) -> dict[str, Any]:
     if seed is not None and not 0 <= seed < 2**63:
         raise UsageError(f"--seed {seed}: expected an integer in 0..2**63-1")
     if resume:
@@ -152,35 +190,34 @@ def train(
     )
     dist = runtime.dist
     try:
-        with run_lock(out, enabled=dist.is_main):
-            if dist.is_main:
-                if resume:
-                    write_config(out, cfg)  # --epochs may have extended it
-                else:
-                    write_config(
-                        out,
-                        {
-                            "model": model,
-                            "data": source,
-                            "data_dir": data_dir,
-                            "init": init,
-                            "recipe": recipe_to_dict(rec),
-                            "layers": provenance,
-                            "data_fingerprint": data_fingerprint(bundle),
-                            "effv2_version": __version__,
-                            "torch_version": torch.__version__,
-                            "world_size": dist.world_size,
-                            "device": str(runtime.device),
-                        },
-                    )
-                    for stale in ("metrics.jsonl", "skipped.jsonl"):
-                        (out / stale).unlink(missing_ok=True)
-            barrier(dist)  # no rank starts before the folder is set up and locked
-            with deterministic_mode(rec.deterministic):
-                trainer = build_trainer(
-                    rec, model, bundle, runtime, out, init=init, resume=resume, quiet=quiet, callbacks=callbacks
+        if dist.is_main:
+            if resume:
+                write_config(out, cfg)  # --epochs may have extended it
+            else:
+                write_config(
+                    out,
+                    {
+                        "model": model,
+                        "data": source,
+                        "data_dir": data_dir,
+                        "init": init,
+                        "recipe": recipe_to_dict(rec),
+                        "layers": provenance,
+                        "data_fingerprint": data_fingerprint(bundle),
+                        "effv2_version": __version__,
+                        "torch_version": torch.__version__,
+                        "world_size": dist.world_size,
+                        "device": str(runtime.device),
+                    },
                 )
-                return trainer.fit()
+                for stale in ("metrics.jsonl", "skipped.jsonl"):
+                    (out / stale).unlink(missing_ok=True)
+        barrier(dist)  # no rank starts before the folder is set up and locked
+        with deterministic_mode(rec.deterministic):
+            trainer = build_trainer(
+                rec, model, bundle, runtime, out, init=init, resume=resume, quiet=quiet, callbacks=callbacks
+            )
+            return trainer.fit()
     finally:
         cleanup(dist)
 

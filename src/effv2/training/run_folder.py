@@ -30,6 +30,10 @@ from ..data.imagesets import FileImageSet
 from ..errors import UsageError
 from ..io.atomic import atomic_write_text
 
+class RunFolderBusy(UsageError):
+    """Another process holds the run folder's lock."""
+
+
 CONFIG = "config.json"
 LOCK = ".lock"
 RUN_FILES = (CONFIG, "metrics.jsonl", "skipped.jsonl", "summary.json", "curves.png", "checkpoints", LOCK)
@@ -72,7 +76,7 @@ def run_lock(out: Path, enabled: bool = True) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-            raise UsageError(f"{out}: in use by {holder}; wait for it to finish or use another --out") from None
+            raise RunFolderBusy(f"{out}: in use by {holder}; wait for it to finish or use another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(
             fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0
