@@ -29,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="recipe name (see docs) or a recipe JSON file")
     p.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
     p.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="train the best schedule that fits this wall time (10m, 2h): epochs planned from measured step times",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -73,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         out = args.resume if isinstance(args.resume, str) else args.out
         if not out:
             raise UsageError("--resume needs a run folder: --resume RUN_DIR or --out RUN_DIR --resume")
+        if args.time_budget:
+            raise UsageError("--resume follows the plan recorded when the run started; --time-budget cannot change it")
         if args.resume is not True and args.out and args.out != args.resume:
             raise UsageError(f"--resume {args.resume} and --out {args.out} name two folders; give one")
         train(
@@ -93,12 +100,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not model or not args.data or not args.out:
         raise UsageError("--model (or --model-spec), --data and --out are required")
+    overrides = list(args.overrides) + ([f"time_budget={args.time_budget}"] if args.time_budget else [])
     train(
         model,
         args.data,
         args.out,
         recipe=args.recipe,
-        overrides=args.overrides,
+        overrides=overrides,
         data_dir=args.data_dir,
         seed=args.seed,
         epochs=args.epochs,

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import walker
-from .values import require
+from ..errors import UsageError
+from .values import RecipeError, parse_duration, require
 from .walker import check_fields
 
 # Per-optimizer epsilon when ``eps`` is null: TF RMSProp as the official code (1e-3), torch AdamW's 1e-8.
@@ -150,6 +151,10 @@ class Recipe:
     seed: int = 0  # seeds weights, data order and augmentation
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower; bitwise repeatable runs)
     time_budget_s: float = 0  # stop cleanly (checkpoint, summary) after this much training time; 0 = no budget
+    # Plan the run to fit this wall time ("10m", "2h"; `--time-budget`): the epochs come from step
+    # times measured at each progressive stage's size before training (training/budget.py), recorded
+    # in config.json; it is also the hard stop when time_budget_s is 0. null: epochs as given.
+    time_budget: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)  # also builds Recipe(progressive={...}) from the dict
@@ -159,6 +164,11 @@ class Recipe:
             require(getattr(self, key) >= 0, key, "must be an integer >= 0", getattr(self, key))
         for key in ("weight_decay", "warmup_epochs", "grad_clip", "time_budget_s"):
             require(getattr(self, key) >= 0, key, "must be >= 0", getattr(self, key))
+        if self.time_budget is not None:
+            try:
+                parse_duration(self.time_budget, "recipe key time_budget:")
+            except UsageError as exc:
+                raise RecipeError("time_budget", str(exc).split(": ", 1)[-1]) from None
         require(self.lr > 0, "lr", "must be > 0", self.lr)
         require(0 <= self.warmup_lr <= self.lr, "warmup_lr", f"must be in [0, lr={self.lr}]", self.warmup_lr)
         require(0 <= self.min_lr <= self.lr, "min_lr", f"must be in [0, lr={self.lr}]", self.min_lr)

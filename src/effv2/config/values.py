@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import types
 from functools import cache
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -114,3 +115,16 @@ def require(ok: bool, key: str, problem: str, value: Any) -> None:
     """The range and cross-field checks of a section's ``__post_init__``: raise unless ``ok``."""
     if not ok:
         raise RecipeError(key, f"{problem}, got {json.dumps(value, default=repr)}")
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """``"90s"``, ``"10m"``, ``"2h"``, ``"1h30m"`` or a plain number of seconds -> seconds (> 0)."""
+    t = str(text).strip().lower()
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", t)
+    if not t or parts is None or not any(parts.groups()):
+        raise UsageError(f"{what} {text!r}: expected a time such as 90s, 10m, 2h or 1h30m")
+    h, m, s = (float(g) if g else 0.0 for g in parts.groups())
+    seconds = h * 3600 + m * 60 + s
+    if seconds <= 0:
+        raise UsageError(f"{what} {text!r}: the time must be positive")
+    return seconds

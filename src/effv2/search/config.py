@@ -3,12 +3,12 @@ the signature of the evaluate function it calls (see :mod:`.driver` for the whol
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.values import parse_duration
 from ..errors import UsageError
 from ..models.spec import ArchSpec
 
@@ -23,14 +23,9 @@ def parse_budget(text: str) -> tuple[int | None, float | None]:
         if int(t) < 1:
             raise UsageError("--budget: expected at least 1 trial")
         return int(t), None
-    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", t)
-    if not t or parts is None or not any(parts.groups()):
+    if not t or t[-1] not in "hms":
         raise UsageError(f"--budget {text!r}: expected a number of trials (50) or a time (90s, 30m, 2h, 1h30m)")
-    h, m, s = (float(g) if g else 0.0 for g in parts.groups())
-    seconds = h * 3600 + m * 60 + s
-    if seconds <= 0:
-        raise UsageError(f"--budget {text!r}: the time must be positive")
-    return None, seconds
+    return None, parse_duration(t, "--budget")
 
 
 @dataclass(frozen=True, kw_only=True)

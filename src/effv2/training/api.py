@@ -16,13 +16,15 @@ import torch
 
 from .. import __version__
 from ..config import Recipe, recipe_from_dict, recipe_to_dict, resolve_recipe
+from ..config.values import parse_duration
 from ..data.order import derive_seed
 from ..data.sources import DataBundle, load_source
 from ..errors import UsageError
 from ..models import get_card
 from ..runtime import deterministic as deterministic_mode
 from ..runtime import resolve_runtime
-from ..runtime.distributed import barrier, cleanup
+from ..runtime.distributed import barrier, cleanup, gather_objects
+from .budget import plan_budget
 from .build import build_model, build_parts, channel_stats, seed_everything
 from .callbacks import Callback
 from .run_folder import absolute, check_out_dir, check_resume, data_fingerprint, read_config, run_lock, write_config
@@ -190,6 +192,27 @@ def _train(
     )
     dist = runtime.dist
     try:
+        plan = None
+        if rec.time_budget is not None and not resume:
+            budget_s = parse_duration(rec.time_budget, "--time-budget")
+            if dist.is_main and not quiet:
+                print(f"measuring step times for a {rec.time_budget} budget ...", flush=True)
+            # every rank measures (the steps are collective under DDP); rank 0's plan is the plan
+            plan = gather_objects(
+                plan_budget(rec, model, bundle, runtime, run_info(rec, model, bundle), budget_s=budget_s), dist
+            )[0]
+            rec = replace(rec, epochs=plan["epochs"], time_budget_s=rec.time_budget_s or budget_s)
+            provenance["plan"] = {
+                "source": f"time budget {rec.time_budget}, measured on this machine",
+                "set": {"epochs": rec.epochs, "time_budget_s": rec.time_budget_s},
+            }
+            if dist.is_main and not quiet:
+                print(
+                    f"plan: {plan['epochs']} epochs, {plan['planned_s']:.0f}s of {budget_s:.0f}s (step "
+                    + ", ".join(f"{1e3 * t:.0f} ms at {sz}px" for t, sz in zip(plan["step_s"], plan["stage_sizes"]))
+                    + f"; evaluation {plan['eval_s']:.1f}s)",
+                    flush=True,
+                )
         if dist.is_main:
             if resume:
                 write_config(out, cfg)  # --epochs may have extended it
@@ -204,6 +227,7 @@ def _train(
                         "recipe": recipe_to_dict(rec),
                         "layers": provenance,
                         "data_fingerprint": data_fingerprint(bundle),
+                        "plan": plan,
                         "effv2_version": __version__,
                         "torch_version": torch.__version__,
                         "world_size": dist.world_size,
@@ -222,6 +246,21 @@ def _train(
         cleanup(dist)
 
 
+def run_info(rec: Recipe, model: str, bundle: DataBundle) -> RunInfo:
+    card = get_card(model)
+    return RunInfo(
+        model_name=model,
+        classes=list(bundle.classes),
+        in_chans=bundle.in_chans,
+        train_size=card.train_size,
+        eval_size=rec.eval_size or card.eval_size,
+        mean=channel_stats(card.mean, bundle.in_chans),
+        std=channel_stats(card.std, bundle.in_chans),
+        dropout=card.dropout,
+        drop_path=card.drop_path,
+    )
+
+
 def build_trainer(
     rec: Recipe,
     model: str,
@@ -237,18 +276,7 @@ def build_trainer(
     """Seed, build the parts (build.py) and hand them to a Trainer."""
     seed_everything(rec.seed)
     net = build_model(model, num_classes=len(bundle.classes), in_chans=bundle.in_chans, init=init, load_init=not resume)
-    card = net.card
-    info = RunInfo(
-        model_name=model,
-        classes=list(bundle.classes),
-        in_chans=bundle.in_chans,
-        train_size=card.train_size,
-        eval_size=rec.eval_size or card.eval_size,
-        mean=channel_stats(card.mean, bundle.in_chans),
-        std=channel_stats(card.std, bundle.in_chans),
-        dropout=card.dropout,
-        drop_path=card.drop_path,
-    )
+    info = run_info(rec, model, bundle)
     parts = build_parts(rec, net, runtime, bundle=bundle)
     if runtime.dist.rank > 0:  # same initial weights everywhere; each rank its own dropout/drop-path masks
         seed_everything(derive_seed(rec.seed, "rank", runtime.dist.rank))

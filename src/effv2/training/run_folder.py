@@ -30,6 +30,7 @@ from ..data.imagesets import FileImageSet
 from ..errors import UsageError
 from ..io.atomic import atomic_write_text
 
+
 class RunFolderBusy(UsageError):
     """Another process holds the run folder's lock."""
 
