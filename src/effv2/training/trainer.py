@@ -17,6 +17,7 @@ step checkpoint continues exactly where it stopped.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -422,10 +423,14 @@ class Trainer:
             "torch_version": torch.__version__,
         }
         if self.bundle.test is not None and self.bundle.test is not self.bundle.val:
-            test = self.evaluate(self.bundle.test)
-            summary.update(test_top1=round(test["top1"], 4), test_top5=round(test["top5"], 4), test_n=test["n"])
-        elif self.bundle.test is not None:
-            summary.update(test_top1=final.get("top1"), test_top5=final.get("top5"))
+            # once, at the end, with the weights validation chose (checkpoints/best)
+            model, which = self._best_model()
+            test = self.evaluate(self.bundle.test, model=model)
+            summary.update(
+                test_top1=round(test["top1"], 4), test_top5=round(test["top5"], 4), test_n=test["n"], test_weights=which
+            )
+        elif self.bundle.test is not None:  # no split of its own to choose on: the test split was the val split
+            summary.update(test_top1=final.get("top1"), test_top5=final.get("top5"), test_weights="last (val = test)")
         if self.is_main:
             atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             try:  # a plot must never fail a finished run
@@ -437,6 +442,18 @@ class Trainer:
             self.print_summary(summary)
         return summary
 
+    def _best_model(self) -> tuple[nn.Module, str]:
+        """The evaluation model with the weights of checkpoints/best (chosen on validation), or the
+        current weights when no best checkpoint exists."""
+        best = checkpoint_path(self.out_dir, "best")
+        if not best.is_file():
+            return self.eval_model, "last"
+        ckpt = load_checkpoint(best, restore_rng_state=False)
+        state = ckpt.ema_state if self.parts.ema is not None and ckpt.ema_state else ckpt.model_state
+        model = copy.deepcopy(self.eval_model)
+        model.load_state_dict(state)
+        return model, f"best (epoch {ckpt.state.get('epoch')}, val top1 {ckpt.state.get('best_top1'):.2f}%)"
+
     def print_summary(self, summary: dict[str, Any]) -> None:
         if self.quiet:
             return
@@ -446,7 +463,10 @@ class Trainer:
             f"  eval top1 {summary['top1']:.2f}%  best {summary['best_top1']:.2f}%",
         ]
         if "test_top1" in summary and summary["test_top1"] is not None:
-            lines.append(f"  test top1 {summary['test_top1']:.2f}%  top5 {summary['test_top5']:.2f}%")
+            lines.append(
+                f"  test top1 {summary['test_top1']:.2f}%  top5 {summary['test_top5']:.2f}%  "
+                f"({summary.get('test_weights', 'last')} weights)"
+            )
         if summary["skipped_files"]:
             lines.append(f"  skipped {summary['skipped_files']} unreadable files (see {self.skipped_path})")
         if summary["nonfinite_steps"]:
