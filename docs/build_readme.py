@@ -18,6 +18,7 @@ ORDER = [
     "checkpoints",
     "reliability",
     "convert",
+    "export",
     "bench",
     "search",
     "99-tail",

@@ -54,6 +54,8 @@ def test_bad_training_options(tmp_path, capsys, extra, expect):
         str(tmp_path / "run"),
         "--set",
         "epochs=1",
+        "--set",
+        "batch_size=64",  # the subset's 256 images less the default 10% val hold-out
         *extra,
     ]
     assert expect in _one_line_exit_2(argv, capsys)

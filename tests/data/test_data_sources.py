@@ -107,9 +107,10 @@ def test_fashion_mnist_bundle_splits(isolated):
     first = read_idx(os.path.join(SHARED, FILES[0] + ".gz"))[0]
     assert int(first.sum()) == 76247
     assert read_idx(os.path.join(SHARED, FILES[1] + ".gz"))[:5].tolist() == [9, 0, 0, 3, 0]
-    # val_fraction 0: val is the official test split
-    b0 = load_source("fashion-mnist", data_dir=SHARED, val_fraction=0)
-    assert len(b0.train) == 60000 and b0.val is b0.test and len(b0.test) == 10000
+    assert b.val is not b.test and "stratified 0.1 hold-out" in b.summary()["splits"]
+    # val_fraction 0 would leave no validation split (the test split is never used for selection)
+    with pytest.raises(UsageError, match="val_fraction=0 means no validation hold-out, but fashion-mnist"):
+        load_source("fashion-mnist", data_dir=SHARED, val_fraction=0)
 
 
 # ------------------------------------------------------------------ lookup order
@@ -199,7 +200,7 @@ def test_cifar10_layout_matches_torchvision(isolated, tmp_path, monkeypatch):
     from torchvision.datasets import CIFAR10
 
     write_fake_cifar(tmp_path)
-    b = load_source("cifar10", data_dir=str(tmp_path), val_fraction=0)
+    b = named.load_named("cifar10", data_dir=str(tmp_path), download=False)  # the official splits
     assert (len(b.train), len(b.test), b.in_chans, b.native_size, b.classes[1]) == (30, 6, 3, 32, "automobile")
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)  # our fake files fail its md5 list
     for part, train in ((b.train, True), (b.test, False)):
@@ -228,10 +229,16 @@ def test_flowers102_trains_on_train_plus_val(isolated, tmp_path):
         base / "setid.mat",
         {"trnid": np.array([1, 2, 3, 4]), "valid": np.array([5, 6, 7, 8]), "tstid": np.array([9, 10, 11, 12])},
     )
-    b = load_source("flowers102", data_dir=str(tmp_path), val_fraction=0)
-    assert (len(b.train), len(b.test), b.num_classes, b.native_size) == (8, 3, 102, None)
-    assert b.train.labels == [0, 1, 0, 1, 0, 1, 0, 1] and b.train.paths[4].endswith("image_00005.jpg")
+    raw = named.load_named("flowers102", data_dir=str(tmp_path), download=False)
+    assert (len(raw.train), len(raw.test)) == (8, 3)
+    assert raw.train.labels == [0, 1, 0, 1, 0, 1, 0, 1] and raw.train.paths[4].endswith("image_00005.jpg")
+    b = load_source("flowers102", data_dir=str(tmp_path))  # default: a 0.1 hold-out of train + val
+    assert (len(b.train), len(b.val), len(b.test), b.num_classes, b.native_size) == (6, 2, 3, 102, None)
+    assert sorted(b.train.paths + b.val.paths) == sorted(raw.train.paths)
     assert b.skipped == [{"path": str(base / "jpg" / "image_00012.jpg"), "reason": "empty file (0 bytes)"}]
+    b0 = load_source("flowers102", data_dir=str(tmp_path), val_fraction=0)  # no hold-out: the official val list
+    assert [os.path.basename(p) for p in b0.val.paths] == [f"image_{i:05d}.jpg" for i in (5, 6, 7, 8)]
+    assert len(b0.train) == 4 and "official val" in b0.splits
 
 
 def test_stanford_cars_layout(isolated, tmp_path):
@@ -255,7 +262,7 @@ def test_stanford_cars_layout(isolated, tmp_path):
         base / "cars_test_annos_withlabels.mat",
         annos([f"{i:05d}.jpg" for i in range(4)] + ["missing.jpg"], [2, 2, 1, 1, 1]),
     )
-    b = load_source("stanford-cars", data_dir=str(tmp_path), val_fraction=0)
+    b = named.load_named("stanford-cars", data_dir=str(tmp_path), download=False)
     assert b.classes == ["AM General Hummer", "Audi R8"]
     assert b.train.labels == [0, 1, 0, 1] and b.test.labels == [1, 1, 0, 0]
     assert b.skipped == [{"path": str(base / "cars_test" / "missing.jpg"), "reason": "file not found"}]

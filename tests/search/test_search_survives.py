@@ -46,6 +46,7 @@ def test_a_trial_past_its_hard_limit_or_on_a_busy_folder_fails_alone(tmp_path):
     assert "ran past its limit of 1.5 s" in errors["1"] and "in use by" in errors["2"]
 
 
+@pytest.mark.slow  # ~30 s: spawns a search with 2 worker processes
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_killed_search_leaves_no_orphan_workers(tmp_path):
     script = tmp_path / "search.py"

@@ -98,7 +98,7 @@ def test_resume_refuses_changed_data_versions_and_options_and_extends_with_epoch
     out = tmp_path / "run"
     assert main(_args(data, out)) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert Path(cfg["data_dir"]).is_absolute() and cfg["data_fingerprint"]["train"] == 256
+    assert Path(cfg["data_dir"]).is_absolute() and cfg["data_fingerprint"]["train"] == 256 - 24  # 10% held out
     # options that would change the run in mid-flight are refused by name
     assert main(["train", "--resume", str(out), "--set", "lr=1"]) == 2 and "--set" in _err(capsys)
     assert main(["train", "--resume", str(out), "--seed", "3"]) == 2 and "--seed" in _err(capsys)
@@ -169,6 +169,7 @@ def test_a_skipped_step_leaves_batchnorm_statistics_untouched():
         assert torch.equal(v, before[k]), k  # running_mean, running_var and num_batches_tracked too
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: 2-process torchrun runs; `pytest -m slow`
 def test_torchrun_ranks_draw_their_own_masks_and_each_resumes_its_own_rng(tmp_path, data):
     fault = str(HERE.parent / "fault_run.py")
     sets = [

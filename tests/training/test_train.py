@@ -95,7 +95,9 @@ def test_run_folder_has_what_a_user_expects(tmp_path, tiny_fmnist):
     assert [r["stage"] for r in rows] == [0, 1]
     assert rows[0]["image_size"] == 16 and rows[1]["image_size"] == 24
     assert rows[0]["randaug"] < rows[1]["randaug"]
-    assert rows[1]["images_seen"] == 2 * (256 // 32) * 32
+    n_train = json.loads((out / "config.json").read_text())["data_fingerprint"]["train"]
+    assert n_train < 256  # a stratified 10% validation hold-out of the 256 training images
+    assert rows[1]["images_seen"] == 2 * (n_train // 32) * 32
     assert 0 <= rows[-1]["top1"] <= 100 and rows[-1]["top5"] >= rows[-1]["top1"]
     assert (out / "checkpoints" / "last.safetensors").is_file()
     assert (out / "checkpoints" / "best.safetensors").is_file()
@@ -227,7 +229,8 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_fmnist):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1  # one writer: rank 0
-    assert rows[0]["images_seen"] == (256 // 32) * 32  # the global batch is split over the 2 ranks
+    n_train = json.loads((out / "config.json").read_text())["data_fingerprint"]["train"]
+    assert rows[0]["images_seen"] == (n_train // 32) * 32  # the global batch is split over the 2 ranks
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["world_size"] == 2
 
@@ -260,7 +263,8 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_fmnist, c
 
     ckpt = load_checkpoint(out / "checkpoints" / "last.safetensors", restore_rng_state=False)
     assert ckpt.state["epoch"] == 1 and ckpt.state["nonfinite_total"] == 1  # the end-of-epoch-1 checkpoint, intact
-    assert ckpt.state["global_step"] == 7  # 8 batches, one skipped
+    n_train = json.loads((out / "config.json").read_text())["data_fingerprint"]["train"]
+    assert ckpt.state["global_step"] == n_train // 32 - 1  # one batch skipped
 
 
 @pytest.mark.slow
@@ -370,6 +374,7 @@ def test_resume_with_loader_workers_is_bitwise_exact(tmp_path, tiny_fmnist):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: 2-process torchrun runs; `pytest -m slow`
 def test_resume_under_torchrun_is_bitwise_exact(tmp_path, tiny_fmnist):
     sets = [*FAST, "deterministic=true", "checkpoint_every_steps=2"]
 

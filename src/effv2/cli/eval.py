@@ -22,6 +22,39 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _shown(names: list[str], limit: int = 8) -> str:
+    head = ", ".join(repr(n) for n in names[:limit])
+    return f"[{head}, ... ({len(names)} in all)]" if len(names) > limit else f"[{head}]"
+
+
+def match_classes(imageset, data_classes: list[str], model_classes: list[str], source: str):
+    """``imageset`` with its labels mapped by class name onto the model's class indices.
+
+    The same names in another order are remapped (a folder sorts "10" before "2", a CSV manifest
+    with numeric labels sorts 2 before 10); any other difference is a one-line UsageError that shows
+    both lists.
+    """
+    if list(data_classes) == list(model_classes):
+        return imageset
+    if sorted(data_classes) != sorted(model_classes) or len(set(model_classes)) != len(model_classes):
+        raise UsageError(
+            f"{source}: its classes {_shown(list(data_classes))} are not the model's classes "
+            f"{_shown(list(model_classes))}; evaluate on data with the classes the model was trained on"
+        )
+    from ..data.imagesets import FileImageSet
+
+    index = {name: i for i, name in enumerate(model_classes)}
+    to_model = [index[name] for name in data_classes]
+    if isinstance(imageset, FileImageSet):
+        return FileImageSet(list(imageset.paths), [to_model[lab] for lab in imageset.labels])
+    import torch
+
+    from ..data.imagesets import TensorImageSet
+
+    lut = torch.tensor(to_model, dtype=torch.int64, device=imageset.labels.device)
+    return TensorImageSet(imageset.images, lut[imageset.labels])
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data.sources import load_source
     from ..runtime import resolve_runtime
@@ -35,10 +68,7 @@ def run(args: argparse.Namespace) -> int:
         "val": bundle.val,
         "train": bundle.train,
     }[args.split]
-    if len(bundle.classes) != len(loaded.classes):
-        raise UsageError(
-            f"{args.data} has {len(bundle.classes)} classes but the model was trained on {len(loaded.classes)}"
-        )
+    imageset = match_classes(imageset, bundle.classes, loaded.classes, args.data)
     runtime = resolve_runtime(args.device, batch_size=args.batch_size)
     model = runtime.place(loaded.model)
     res = evaluate(

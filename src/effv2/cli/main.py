@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..models.spec import SpecError
 
 # name -> module under effv2.cli; each module has add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("models", "recipes", "convert", "train", "eval", "predict", "demo", "bench", "search", "scale")
+COMMANDS = ("models", "recipes", "convert", "train", "eval", "predict", "export", "demo", "bench", "search", "scale")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import walker
 from ..errors import UsageError
+from . import walker
 from .values import RecipeError, parse_duration, require
 from .walker import check_fields
 
@@ -139,6 +139,9 @@ class Recipe:
     # -- data
     eval_size: int | None = None  # evaluation image size; null = the model's eval size
     randaug_ops: int = 2  # RandAugment ops per image (the official code: 2 of 16)
+    # official: the 16-op pool and level_to_arg of google/automl's autoaugment.py, an op per image;
+    # torchvision: torchvision's RandAugment on the official magnitude scale, an op per 8 images
+    randaug_impl: Literal["official", "torchvision"] = "official"
     hflip: bool = True  # random horizontal flips in training
     # auto: pad_crop for in-memory sets (Fashion-MNIST, CIFAR), random_resized for image files
     crop: Literal["auto", "pad_crop", "random_resized", "none"] = "auto"
@@ -147,7 +150,9 @@ class Recipe:
     eval_every_epochs: int = 1  # evaluate every N epochs (and always after the last)
     max_nonfinite_steps: int = 5  # stop after this many non-finite steps in a row (each one is skipped)
     num_workers: int = 0  # data loader worker processes (0 = in the training process)
-    val_fraction: float = 0.0  # stratified hold-out of train evaluated during training; 0 = evaluate on the test split
+    # seeded, stratified hold-out of train used for per-epoch evaluation and the best checkpoint;
+    # 0 = no hold-out, allowed only for sources with a val split of their own (a val/ folder, split=val rows)
+    val_fraction: float = 0.1
     seed: int = 0  # seeds weights, data order and augmentation
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower; bitwise repeatable runs)
     time_budget_s: float = 0  # stop cleanly (checkpoint, summary) after this much training time; 0 = no budget

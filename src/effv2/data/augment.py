@@ -15,9 +15,12 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
-# RandAugment draws one op for a whole tensor batch, so in-memory batches are augmented in chunks
-# of this many samples: a batch of 256 gets 32 independent op draws. Smaller chunks cost more
-# Python calls per batch (8 measured at about 7 ms per 256 images at 28 px on this 2-core CPU).
+from .randaugment import OfficialRandAugment
+
+# torchvision's RandAugment (randaug_impl="torchvision") draws one op for a whole tensor batch, so
+# in-memory batches are augmented in chunks of this many samples: a batch of 256 gets 32
+# independent op draws. Smaller chunks cost more Python calls per batch (8 measured at about
+# 7 ms per 256 images at 28 px on this 2-core CPU). The official impl draws an op per image.
 RANDAUG_CHUNK = 8
 
 # RandAugment's fill for pixels moved in from outside the image: the official code's 128.
@@ -88,6 +91,18 @@ class ScaledRandAugment(v2.RandAugment):
 def randaugment_chunks(x: torch.Tensor, ra: ScaledRandAugment, chunk: int = RANDAUG_CHUNK) -> torch.Tensor:
     """uint8 (B, C, H, W) -> uint8 (B, C, H, W), an independent op draw per chunk of samples."""
     return torch.cat([ra(part) for part in x.split(chunk)])
+
+
+RANDAUG_IMPLS = ("official", "torchvision")
+
+
+def make_randaugment(impl: str, num_ops: int, magnitude: float) -> OfficialRandAugment | ScaledRandAugment:
+    """The per-sample RandAugment transform: the official code's (randaugment.py) or torchvision's scaled one."""
+    if impl == "official":
+        return OfficialRandAugment(num_ops, magnitude)
+    if impl == "torchvision":
+        return ScaledRandAugment(num_ops, magnitude)
+    raise ValueError(f"randaug_impl must be one of {', '.join(RANDAUG_IMPLS)}, got {impl!r}")
 
 
 # --------------------------------------------------------------------------- batch crops and resizes
@@ -182,37 +197,97 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- MixUp / CutMix
-def mix_batch(
-    x: torch.Tensor, y: torch.Tensor, *, mixup_alpha: float, cutmix_alpha: float, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """float (B, C, H, W), int64 (B,) -> mixed images, float (B, num_classes) soft targets.
+# As google/automl efficientnetv2/datasets.py draws them (``mixup``, ``cutmix_mask``, ``cutmix``,
+# ``mixing``): each sample mixes with its mirror in its part of the batch (``image[::-1]``);
+# MixUp draws one lambda ~ Beta(alpha, alpha) per sample and keeps max(lambda, 1 - lambda) for
+# the sample itself; CutMix draws one box per sample (centre uniform, area ~ Beta(alpha, alpha),
+# side ratio sqrt(1 - area), clipped to the image) and pastes the partner's pixels into it. The
+# partner's label weight is that sample's pasted pixel fraction (the official code uses the mean
+# fraction over the batch half; per sample is what CutMix means and keeps each row exact).
+def _beta(n: int, alpha: float, gen: torch.Generator | None) -> torch.Tensor:
+    """float64 (n,) Beta(alpha, alpha) draws, a pure function of ``gen``'s state (numpy's sampler)."""
+    import numpy as np
 
-    With both alphas > 0 the first half of the batch gets MixUp and the second half CutMix, as
-    the official EfficientNetV2 code does; each half mixes within itself (torchvision's MixUp /
-    CutMix pair each sample with its neighbour). Call inside ``seeded_cpu_rng``.
+    seed = int(torch.randint(0, 2**62, (), generator=gen))
+    return torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, size=n))
+
+
+def mixup_weights(n: int, alpha: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """float32 (n,): each sample's own weight, max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha)."""
+    lam = _beta(n, alpha, gen)
+    return torch.maximum(lam, 1.0 - lam).float()
+
+
+def cutmix_boxes(n: int, h: int, w: int, alpha: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """int64 (n, 4) boxes x1, y1, x2, y2 (x2, y2 exclusive), one per sample, as ``cutmix_mask`` draws them."""
+    r_x = torch.randint(0, w, (n,), generator=gen)
+    r_y = torch.randint(0, h, (n,), generator=gen)
+    ratio = torch.sqrt(1.0 - _beta(n, alpha, gen)).float()
+    r_w = (ratio * w).to(torch.int64)  # tf.cast truncates
+    r_h = (ratio * h).to(torch.int64)
+    x1 = (r_x - r_w // 2).clamp(0, w)
+    y1 = (r_y - r_h // 2).clamp(0, h)
+    x2 = (r_x + r_w // 2).clamp(0, w)
+    y2 = (r_y + r_h // 2).clamp(0, h)
+    return torch.stack([x1, y1, x2, y2], 1)
+
+
+def box_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """bool (n, 1, h, w): True inside each sample's box."""
+    rows = torch.arange(h)[None, :]
+    cols = torch.arange(w)[None, :]
+    in_r = (rows >= boxes[:, 1:2]) & (rows < boxes[:, 3:4])
+    in_c = (cols >= boxes[:, 0:1]) & (cols < boxes[:, 2:3])
+    return (in_r[:, :, None] & in_c[:, None, :])[:, None]
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float (n, C, H, W), float (n, K) soft targets, (n,) own weights -> mixed with the mirrored batch."""
+    lam = lam.to(x.device)
+    w = lam.view(-1, 1, 1, 1).to(x.dtype)
+    x = x * w + x.flip(0) * (1.0 - w)
+    lw = lam.view(-1, 1).to(y.dtype)
+    return x, y * lw + y.flip(0) * (1.0 - lw)
+
+
+def cutmix(x: torch.Tensor, y: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste the mirrored sample's pixels into each box; its label weight is the box's pixel fraction."""
+    H, W = x.shape[-2:]
+    mask = box_masks(boxes, H, W).to(x.device)
+    frac = mask.flatten(1).float().mean(1).to(y.dtype).view(-1, 1)
+    x = torch.where(mask, x.flip(0), x)
+    return x, y * (1.0 - frac) + y.flip(0) * frac
+
+
+def mix_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    num_classes: int,
+    gen: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float (B, C, H, W), int64 (B,) -> mixed images, float (B, num_classes) soft targets (rows sum to 1).
+
+    With both alphas > 0 the first B // 2 samples get MixUp and the rest CutMix, each part mixing
+    within itself, as the official ``mixing`` does.
     """
-    mixers: list[tuple[slice, v2.Transform]] = []
-    B = x.shape[0]
+    if not (mixup_alpha > 0 or cutmix_alpha > 0):
+        return x, y
+    B, _, H, W = x.shape
+    x = x.float()
+    soft = F.one_hot(y, num_classes).float()
     if mixup_alpha > 0 and cutmix_alpha > 0:
         half = B // 2
-        mixers = [
-            (slice(0, half), v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)),
-            (slice(half, B), v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)),
-        ]
-    elif mixup_alpha > 0:
-        mixers = [(slice(0, B), v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))]
-    elif cutmix_alpha > 0:
-        mixers = [(slice(0, B), v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))]
-    if not mixers:
-        return x, y
-    xs, ys = [], []
-    for part, mixer in mixers:
-        if part.stop - part.start == 0:
-            continue
-        xp, yp = mixer(x[part], y[part])
-        xs.append(xp)
-        ys.append(yp)
-    return torch.cat(xs), torch.cat(ys).float()
+        lam = mixup_weights(half, mixup_alpha, gen)
+        boxes = cutmix_boxes(B - half, H, W, cutmix_alpha, gen)
+        x1, y1 = mixup(x[:half], soft[:half], lam)
+        x2, y2 = cutmix(x[half:], soft[half:], boxes)
+        return torch.cat([x1, x2]), torch.cat([y1, y2])
+    if mixup_alpha > 0:
+        return mixup(x, soft, mixup_weights(B, mixup_alpha, gen))
+    return cutmix(x, soft, cutmix_boxes(B, H, W, cutmix_alpha, gen))
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -229,7 +304,13 @@ def norm_stats(
 
 # --------------------------------------------------------------------------- per-sample file pipelines
 def file_train_transform(
-    *, image_size: int, crop: str, hflip: bool, randaug_ops: int, randaug_magnitude: float
+    *,
+    image_size: int,
+    crop: str,
+    hflip: bool,
+    randaug_ops: int,
+    randaug_magnitude: float,
+    randaug_impl: str = "official",
 ) -> v2.Compose:
     """uint8 (3, H, W) of any size -> uint8 (3, S, S), torchvision v2 per sample."""
     steps: list[v2.Transform] = []
@@ -245,7 +326,7 @@ def file_train_transform(
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     if randaug_ops > 0 and randaug_magnitude > 0:
-        steps.append(ScaledRandAugment(randaug_ops, randaug_magnitude))
+        steps.append(make_randaugment(randaug_impl, randaug_ops, randaug_magnitude))
     return v2.Compose(steps)
 
 

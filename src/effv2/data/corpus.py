@@ -28,6 +28,14 @@ def png_bytes(width: int, height: int, bit_depth: int, color_type: int, raw_rows
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + idat + _png_chunk(b"IEND", b"")
 
 
+def corrupt_png_bytes(width: int = 16, height: int = 16) -> bytes:
+    """A PNG whose signature, IHDR and CRCs are valid (so it passes the header scan) but whose IDAT
+    holds a corrupt deflate stream: the full decode fails."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = b"\x78\x9c" + bytes((i * 37 + 11) % 256 for i in range(64))  # a zlib header, then garbage
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+
+
 # 16-bit grayscale test values and the 8-bit values they must become (v / 257, rounded)
 GRAY16_VALUES = (0, 128, 129, 25700, 32896, 65535)
 GRAY16_EXPECTED = (0, 0, 1, 100, 128, 255)
@@ -79,6 +87,10 @@ def write_corpus(folder: str) -> dict[str, str]:
     buf = io.BytesIO()
     photo.resize((128, 96)).save(buf, format="JPEG", quality=95)
     write("truncated.jpg", buf.getvalue()[: len(buf.getvalue()) // 2], "decode")
+    write("corrupt_data.png", corrupt_png_bytes(), "decode")  # a valid header, then broken image data
+    pcx = io.BytesIO()
+    photo.save(pcx, format="PCX")  # a format PIL reads but effv2 does not accept (decode.PIL_FORMATS)
+    write("pcx_named.png", pcx.getvalue(), "scan")
     write("zero_bytes.jpg", b"", "scan")
     write("text_named.jpg", b"this is not an image\n" * 10, "scan")
     write("bomb.png", png_bytes(100_000, 100_000, 8, 2), "scan")  # header claims 10 gigapixels

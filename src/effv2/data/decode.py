@@ -6,6 +6,11 @@ Two levels of checking:
 - ``decode_rgb`` (load time, in a loader worker): full decode; raises ``BadImage(reason)`` for
   anything PIL cannot decode (truncated data, corrupt streams, unsupported modes).
 
+Bounded cost, both levels: a file is opened non-blocking and refused unless ``fstat`` says it is a
+regular file (a FIFO, socket or device would block a read forever); only the decoders in
+``PIL_FORMATS`` are tried (not every plugin Pillow has); the size declared in the header is checked
+against ``MAX_PIXELS`` before any pixel is decoded, whatever ``PIL.Image.MAX_IMAGE_PIXELS`` is set to.
+
 Conversions to RGB (what users get for unusual files):
 - grayscale ("L", "1"), CMYK, YCbCr, palette without transparency: PIL's own conversion.
 - transparency (RGBA, LA, PA, palette with a transparent colour): composited on white.
@@ -30,6 +35,10 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 )
+
+# The only PIL decoders tried (Image.open(..., formats=...)): those of IMAGE_EXTENSIONS (PIL's JPEG
+# opener also returns a camera's multi-picture JPEG, as MPO).
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 
 # Largest image accepted, in pixels: PIL's own default bomb limit (about 89.5 MP, a 1 GB RGBA
 # buffer). Larger declared sizes are skipped as decompression bombs instead of being decoded.
@@ -63,22 +72,61 @@ def _check_size(path: str, size: tuple[int, int]) -> None:
         raise BadImage(path, f"image too large ({w}x{h} pixels > {MAX_PIXELS}): decompression bomb guard")
 
 
-def _open_checked(path: str) -> Image.Image:
-    """Image.open with the bomb warning turned into an error; callers close the image."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(path, f"image too large: decompression bomb guard ({_describe(exc)})") from None
-    except Exception as exc:  # UnidentifiedImageError, PermissionError, SyntaxError from broken headers, ...
+def _open_regular(path: str):
+    """The file opened for reading, without ever blocking: refused unless it is a regular file."""
+    extra = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:  # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one
+        fh = open(path, "rb", opener=lambda p, flags: os.open(p, flags | extra))  # noqa: SIM115
+    except OSError as exc:
         raise BadImage(path, f"cannot open as an image: {_describe(exc)}") from None
     try:
-        _check_size(path, img.size)
-    except BadImage:
-        img.close()
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise BadImage(path, "not a regular file")
+    except BaseException:
+        fh.close()
         raise
-    return img
+    return fh
+
+
+class _Opened:
+    """``with _Opened(path) as img``: the checked PIL image; closes the image and its file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fh = _open_regular(path)
+        try:
+            self.img = self._open()
+        except BaseException:
+            self.fh.close()
+            raise
+
+    def _open(self) -> Image.Image:
+        path = self.path
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(self.fh, formats=PIL_FORMATS)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise BadImage(path, f"image too large: decompression bomb guard ({_describe(exc)})") from None
+        except Image.UnidentifiedImageError:
+            raise BadImage(
+                path, f"cannot open as an image: UnidentifiedImageError: not one of {', '.join(PIL_FORMATS)}"
+            ) from None
+        except Exception as exc:  # PermissionError, SyntaxError from broken headers, ...
+            raise BadImage(path, f"cannot open as an image: {_describe(exc)}") from None
+        try:
+            _check_size(path, img.size)
+        except BadImage:
+            img.close()
+            raise
+        return img
+
+    def __enter__(self) -> Image.Image:
+        return self.img
+
+    def __exit__(self, *exc) -> None:
+        self.img.close()
+        self.fh.close()
 
 
 def check_image_file(path: str) -> str | None:
@@ -94,7 +142,8 @@ def check_image_file(path: str) -> str | None:
     if st.st_size == 0:
         return "empty file (0 bytes)"
     try:
-        _open_checked(path).close()
+        with _Opened(path):
+            pass
     except BadImage as bad:
         return bad.reason
     return None
@@ -120,9 +169,9 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
 
 def decode_rgb(path: str) -> torch.Tensor:
     """Fully decode ``path`` to uint8 (3, H, W); raises ``BadImage`` instead of any other error."""
-    img = _open_checked(path)
+    opened = _Opened(path)
     try:
-        with img:
+        with opened as img:
             img.load()  # a truncated JPEG/PNG fails here (PIL's LOAD_TRUNCATED_IMAGES stays off)
             try:
                 upright = ImageOps.exif_transpose(img)

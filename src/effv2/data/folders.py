@@ -2,9 +2,11 @@
 
 Folder layouts (class = subfolder name; files are found recursively inside a class folder):
 - ``ROOT/train/CLASS/...`` plus ``ROOT/val/CLASS/...`` and/or ``ROOT/test/CLASS/...``: the given
-  splits. With train/ and test/ only, val is a seeded stratified hold-out of train
-  (``val_fraction`` > 0) or the test split (``val_fraction`` == 0).
+  splits. With train/ and test/ only, val is a seeded stratified ``val_fraction`` hold-out of
+  train (the test split is never used as val).
 - ``ROOT/CLASS/...``: val is a seeded stratified ``val_fraction`` hold-out; there is no test.
+- ``val_fraction`` 0 ("no hold-out") needs a val/ folder (or split=val rows); otherwise it is a
+  UsageError naming the key.
 
 The class list is the sorted union of the class folder names, empty folders included, so a
 class's index never shifts because its folder is empty (the empty folder is listed in
@@ -110,6 +112,13 @@ def holdout(train: FileImageSet, val_fraction: float, split_seed: int) -> tuple[
     return train.subset(tr), train.subset(va)
 
 
+def no_holdout_error(where: str, why: str) -> UsageError:
+    return UsageError(
+        f"val_fraction=0 means no validation hold-out, but {where}: {why} (the test split is never "
+        "used for selection); set val_fraction > 0 (e.g. --set val_fraction=0.1, the default)"
+    )
+
+
 def _holdout_note(val_fraction: float, split_seed: int) -> str:
     return f"val: stratified {val_fraction:g} hold-out of train (split_seed {split_seed})"
 
@@ -137,7 +146,7 @@ def load_folder(root: str, *, val_fraction: float, split_seed: int) -> FileSplit
             train, val = holdout(train, val_fraction, split_seed)
             note = _holdout_note(val_fraction, split_seed)
         else:
-            val, note = test, "val: the test/ folder (val_fraction 0)"
+            raise no_holdout_error(root, "it has train/ and test/ but no val/ folder")
         return FileSplits(train, val, test, classes, skipped, note)
 
     classes = top
@@ -148,7 +157,7 @@ def load_folder(root: str, *, val_fraction: float, split_seed: int) -> FileSplit
     if len(everything) == 0:
         raise _no_images_error(root, skipped)
     if val_fraction <= 0:
-        raise UsageError(f"{root} has no val/ or test/ folder, so val_fraction must be > 0 (got {val_fraction})")
+        raise no_holdout_error(root, "it has no val/ folder")
     train, val = holdout(everything, val_fraction, split_seed)
     return FileSplits(train, val, None, classes, skipped, _holdout_note(val_fraction, split_seed))
 
@@ -221,6 +230,4 @@ def load_manifest(csv_path: str, *, val_fraction: float, split_seed: int) -> Fil
     if val_fraction > 0:
         train, val = holdout(train, val_fraction, split_seed)
         return FileSplits(train, val, test, classes, skipped, _holdout_note(val_fraction, split_seed))
-    if test is None:
-        raise UsageError(f"{csv_path} has no val or test rows, so val_fraction must be > 0 (got {val_fraction})")
-    return FileSplits(train, test, test, classes, skipped, "val: rows with split=test (val_fraction 0)")
+    raise no_holdout_error(csv_path, "it has no rows with split=val")

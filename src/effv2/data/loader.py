@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import UsageError
 from .augment import (
     CROPS,
+    RANDAUG_IMPLS,
     ScaledRandAugment,
     file_eval_transform,
     file_train_transform,
@@ -58,6 +59,7 @@ from .order import (
     steps_per_epoch,
     train_batch_positions,
 )
+from .randaugment import randaugment
 
 __all__ = ["Batch", "eval_batches", "steps_per_epoch", "train_batches"]
 
@@ -106,6 +108,7 @@ def train_batches(
     image_size: int,
     randaug_magnitude: float,
     randaug_ops: int = 2,
+    randaug_impl: str = "official",
     mixup_alpha: float,
     cutmix_alpha: float,
     num_classes: int,
@@ -142,17 +145,27 @@ def train_batches(
     scale, shift = norm_stats(mean, std, channels, dev)
     perm = epoch_permutation(len(imageset), seed, epoch)
     plan = _TrainPlan(perm, seed, epoch, start_batch, steps, batch_size, rank, world_size)
-    ra = ScaledRandAugment(randaug_ops, randaug_magnitude) if randaug_ops > 0 and randaug_magnitude > 0 else None
+    if randaug_impl not in RANDAUG_IMPLS:
+        raise UsageError(f"randaug_impl must be one of {', '.join(RANDAUG_IMPLS)}, got {randaug_impl!r}")
+    use_ra = randaug_ops > 0 and randaug_magnitude > 0
+    tv_ra = ScaledRandAugment(randaug_ops, randaug_magnitude) if use_ra and randaug_impl == "torchvision" else None
     mix = {"mixup_alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha, "num_classes": num_classes}
 
     def mixed(x: torch.Tensor, y: torch.Tensor, b: int, uint8_ops: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        # the RNG-driven library ops (RandAugment, MixUp, CutMix) of batch b, seeded from (seed, epoch, b, rank)
-        with seeded_cpu_rng(derive_seed(seed, epoch, b, rank, "ops")):
-            if uint8_ops and ra is not None:
-                x = randaugment_chunks(to_uint8(x), ra)
-            x = x.float()
-            if mixup_alpha > 0 or cutmix_alpha > 0:
-                x, y = mix_batch(x, y, **mix)
+        # batch b's RandAugment and MixUp/CutMix, seeded from (seed, epoch, b, rank): one generator
+        # for the official ops (per image choices), then the mixing; torchvision's RandAugment
+        # draws from the global RNG in a scope seeded the same way
+        ops_seed = derive_seed(seed, epoch, b, rank, "ops")
+        gen = generator(ops_seed)
+        if uint8_ops and use_ra:
+            if tv_ra is not None:
+                with seeded_cpu_rng(ops_seed):
+                    x = randaugment_chunks(to_uint8(x), tv_ra)
+            else:
+                x = randaugment(to_uint8(x), randaug_ops, randaug_magnitude, gen)
+        x = x.float()
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            x, y = mix_batch(x, y, gen=gen, **mix)
         return x, y
 
     if isinstance(imageset, TensorImageSet):
@@ -176,7 +189,12 @@ def train_batches(
         return (one(b, idx) for b, idx in plan.batches())
 
     transform = file_train_transform(
-        image_size=image_size, crop=crop, hflip=hflip, randaug_ops=randaug_ops, randaug_magnitude=randaug_magnitude
+        image_size=image_size,
+        crop=crop,
+        hflip=hflip,
+        randaug_ops=randaug_ops,
+        randaug_magnitude=randaug_magnitude,
+        randaug_impl=randaug_impl,
     )
     loader = _file_loader(imageset, transform, plan.sample_batches(), image_size, num_workers, dev, train=True)
 
@@ -233,7 +251,13 @@ class _SampleBatches:
 
 # --------------------------------------------------------------------------- file sets: dataset + loader
 class _FileDataset(Dataset):
-    """Items are (image index, seed or None); returns (uint8 (3, S, S) or None, label, bad records, used index)."""
+    """Items are (image index, seed or None).
+
+    Returns (uint8 (3, S, S) or None, label, bad records, used index, fatal message or None). Every
+    failure, at any stage (open, decode, transform), becomes a bad record with its reason; nothing
+    raises in a worker. When a training sample and the MAX_CONSECUTIVE_BAD files after it all fail,
+    the fatal message says so and the main process raises it (``_Loader``) as a one-line UsageError.
+    """
 
     def __init__(self, imageset: FileImageSet, transform, replace_bad: bool) -> None:
         self.paths, self.labels = imageset.paths, imageset.labels
@@ -250,35 +274,56 @@ class _FileDataset(Dataset):
         except Exception as exc:  # e.g. an image too small for an op: skip it like a bad file
             raise BadImage(self.paths[j], f"cannot transform: {type(exc).__name__}: {exc}") from None
 
-    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor | None, int, list[dict], int]:
+    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor | None, int, list[dict], int, str | None]:
         i, seed = item
         n, bad = len(self.paths), []
         for attempt in range(min(n, MAX_CONSECUTIVE_BAD)):
             j = (i + attempt) % n
             try:
-                return self._load(j, seed), self.labels[j], bad, j
+                return self._load(j, seed), self.labels[j], bad, j, None
             except BadImage as exc:
                 bad.append(exc.as_record())
+            except Exception as exc:  # noqa: BLE001 - whatever a decoder raises, the file is skipped, not fatal
+                bad.append({"path": self.paths[j], "reason": f"cannot decode: {type(exc).__name__}: {exc}"})
             if not self.replace_bad:
-                return None, self.labels[i], bad, i
-        raise UsageError(
-            f"{len(bad)} images in a row failed to decode from {self.paths[i]} on; first: {bad[0]['reason']}"
-        )
+                return None, self.labels[i], bad, i, None
+        fatal = f"{len(bad)} images in a row failed to decode from {self.paths[i]} on; first: {bad[0]['reason']}"
+        return None, self.labels[i], bad, i, " ".join(fatal.split())
 
 
 class _Collate:
     def __init__(self, image_size: int) -> None:
         self.image_size = image_size
 
-    def __call__(self, items: list) -> tuple[torch.Tensor, torch.Tensor, list[dict], torch.Tensor]:
+    def __call__(self, items: list) -> tuple[torch.Tensor, torch.Tensor, list[dict], torch.Tensor, str | None]:
         kept = [it for it in items if it[0] is not None]
-        bad = [rec for it in items for rec in it[2]]
+        bad: list[dict] = []
+        seen: set[str] = set()
+        for rec in (rec for it in items for rec in it[2]):  # a file is reported once per batch
+            if rec["path"] not in seen:
+                seen.add(rec["path"])
+                bad.append(rec)
         if kept:
             x = torch.stack([it[0] for it in kept])
         else:
             x = torch.empty(0, 3, self.image_size, self.image_size, dtype=torch.uint8)
         y = torch.tensor([it[1] for it in kept], dtype=torch.int64)
-        return x, y, bad, torch.tensor([it[3] for it in kept], dtype=torch.int64)
+        fatal = next((it[4] for it in items if it[4] is not None), None)
+        return x, y, bad, torch.tensor([it[3] for it in kept], dtype=torch.int64), fatal
+
+
+class _Loader:
+    """The DataLoader's batches as (x, y, bad, index); a fatal message from a worker is raised here,
+    in the main process, as a one-line UsageError (a worker's exception would arrive as a traceback)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[dict], torch.Tensor]]:
+        for x, y, bad, index, fatal in self.loader:
+            if fatal is not None:
+                raise UsageError(fatal)
+            yield x, y, bad, index
 
 
 def _file_loader(
@@ -290,16 +335,18 @@ def _file_loader(
     dev: torch.device,
     *,
     train: bool,
-) -> DataLoader:
-    return DataLoader(
-        _FileDataset(imageset, transform, replace_bad=train),
-        batch_sampler=batch_sampler,
-        num_workers=num_workers,
-        collate_fn=_Collate(image_size),
-        pin_memory=dev.type == "cuda",
-        # the loader draws a base seed for its workers from this generator; a fixed private one
-        # keeps it from consuming the trainer's global random state (we seed every sample ourselves)
-        generator=torch.Generator().manual_seed(0),
+) -> _Loader:
+    return _Loader(
+        DataLoader(
+            _FileDataset(imageset, transform, replace_bad=train),
+            batch_sampler=batch_sampler,
+            num_workers=num_workers,
+            collate_fn=_Collate(image_size),
+            pin_memory=dev.type == "cuda",
+            # the loader draws a base seed for its workers from this generator; a fixed private one
+            # keeps it from consuming the trainer's global random state (we seed every sample ourselves)
+            generator=torch.Generator().manual_seed(0),
+        )
     )
 
 

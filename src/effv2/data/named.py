@@ -42,6 +42,8 @@ class RawData:
     native_size: int | None
     location: str
     skipped: list[dict] = field(default_factory=list)
+    val: ImageSet | None = None  # an official val split (Flowers-102), used only with val_fraction 0
+    train_without_val: ImageSet | None = None  # ``train`` less ``val``, when ``val`` is part of ``train``
 
 
 @dataclass(frozen=True)
@@ -120,14 +122,45 @@ def _fmnist_download(root: str) -> None:
 
 
 # ---------------------------------------------------------------- CIFAR (python pickles)
-def _unpickle(path: str) -> dict:
-    # The official CIFAR files are Python pickles (torchvision reads them the same way); like
-    # torchvision, only load them from a source you trust.
+# The official CIFAR files are Python pickles. A pickle can name any callable and so run any code,
+# so they are read with an unpickler that resolves only the few globals a CIFAR batch needs (numpy's
+# array reconstruction and dtype); anything else is refused before it is called.
+_PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes for a Python 2 reader
+    }
+)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return super().find_class(module, name)
+
+
+def safe_unpickle(path: str, what: str = "a CIFAR batch file") -> dict:
+    """Load a pickle that may hold only plain containers, numbers, strings and numpy arrays."""
     try:
         with open(path, "rb") as fh:
-            return pickle.load(fh, encoding="latin1")
+            entry = _RestrictedUnpickler(fh, encoding="latin1").load()
     except Exception as exc:
-        raise UsageError(f"{path}: not a CIFAR batch file ({type(exc).__name__}: {exc})") from None
+        text = " ".join(str(exc).split())
+        raise UsageError(f"{path}: not {what}, refused ({type(exc).__name__}: {text})") from None
+    if not isinstance(entry, dict):
+        raise UsageError(f"{path}: not {what}, refused (a {type(entry).__name__}, not a dict)")
+    return entry
+
+
+_unpickle = safe_unpickle
 
 
 def _cifar_batches(folder: str, files: list[str], label_key: str) -> TensorImageSet:
@@ -166,9 +199,13 @@ def _cifar(
         )
 
     def download(root: str) -> None:
+        # torchvision's own URL, archive name and checksum, but not its class: CIFAR10(download=True)
+        # would also unpickle the files with the plain unpickler; ours reads them afterwards.
         import torchvision.datasets as tvd
+        from torchvision.datasets.utils import download_and_extract_archive
 
-        getattr(tvd, tv_cls)(root, train=True, download=True)  # fetches and unpacks ROOT/<base>
+        cls = getattr(tvd, tv_cls)
+        download_and_extract_archive(cls.url, root, filename=cls.filename, md5=cls.tgz_md5)
 
     hint = f"put torchvision's {base}/ folder (from {tv_cls}(root, download=True)) in a folder passed as {_WHERE}"
     return NamedDataset(name, (base, os.path.join(name, base)), present, load, download, hint)
@@ -220,11 +257,23 @@ def _flowers_load(folder: str) -> RawData:
         return [os.path.join(folder, "jpg", f"image_{i:05d}.jpg") for i in ids], [int(labels[i - 1]) for i in ids]
 
     skipped: list[dict] = []
-    train = _checked(*split(np.concatenate([np.atleast_1d(setid["trnid"]), np.atleast_1d(setid["valid"])])), skipped)
+    trn = _checked(*split(setid["trnid"]), skipped)
+    val = _checked(*split(setid["valid"]), skipped)
+    train = FileImageSet(trn.paths + val.paths, trn.labels + val.labels)
     test = _checked(*split(setid["tstid"]), skipped)
     _need_images("flowers102", folder, train, test, skipped)
     classes = [f"{i:03d}" for i in range(1, 103)]  # the official files carry label numbers, not names
-    return RawData(train, test, classes, 3, None, folder, skipped)
+    return RawData(
+        train,
+        test,
+        classes,
+        3,
+        None,
+        folder,
+        skipped,
+        val=val if len(val) and len(trn) else None,
+        train_without_val=trn,
+    )
 
 
 def _flowers_download(root: str) -> None:

@@ -1,12 +1,14 @@
 """``load_source``: one call from a data set name, an image folder or a CSV manifest to train/val/test.
 
-Splits (the same rule for every source that has an official test split):
-- ``train``: the official training split (Flowers-102: train + val lists, the paper's protocol),
-  less the hold-out below.
-- ``val``: a seeded, stratified ``val_fraction`` hold-out of the training split when
-  ``val_fraction`` > 0; the test split when ``val_fraction`` == 0.
-- ``test``: the official test split (None for sources that have none).
-Folders with their own val/ and CSV files with split=val rows use those instead (folders.py).
+Splits (one rule for every source; the test split is never used for selection):
+- ``val``: the source's own validation split when it has one (a folder's ``val/``, a manifest's
+  ``split=val`` rows, Flowers-102's official val list with ``val_fraction`` 0); otherwise a seeded,
+  stratified ``val_fraction`` hold-out (default 0.1) of the training split.
+- ``train``: the official training split (Flowers-102: train + val lists, the paper's protocol,
+  unless its val list is the val split), less the hold-out.
+- ``test``: the official test split (None for sources that have none); never ``val``.
+- ``val_fraction`` 0 means "no hold-out": allowed only where the source has a val split of its own,
+  otherwise a one-line UsageError naming the key.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from .folders import FileSplits, load_folder, load_manifest
+from .folders import FileSplits, load_folder, load_manifest, no_holdout_error
 from .imagesets import FileImageSet, ImageSet, TensorImageSet
 from .named import DATASETS, load_named
 from .order import stratified_split
@@ -39,6 +41,8 @@ class DataBundle:
             raise ValueError(f"in_chans must be 1 or 3, got {self.in_chans}")
         if not self.classes:
             raise ValueError("a data bundle needs at least one class")
+        if self.test is not None and self.val is self.test:
+            raise ValueError("val must not be the test split (the test split is never used for selection)")
         if self.native_size is not None and self.native_size < 1:
             raise ValueError(f"native_size must be positive or None, got {self.native_size}")
         for name in ("train", "val", "test"):
@@ -92,9 +96,11 @@ def load_source(
                 f"train: official train less val; val: stratified {val_fraction:g} hold-out of it "
                 f"(split_seed {split_seed}); test: official test"
             )
+        elif raw.val is not None:
+            train, val = raw.train_without_val, raw.val
+            splits = "train: official train; val: official val (val_fraction 0); test: official test"
         else:
-            train, val = raw.train, raw.test
-            splits = "train: official train; val = test: official test (val_fraction 0)"
+            raise no_holdout_error(key, "it has no validation split of its own")
         return _nonempty_val(
             DataBundle(
                 train, val, raw.test, raw.classes, raw.in_chans, raw.native_size, raw.skipped, key, raw.location, splits

@@ -32,6 +32,7 @@ class Augment:
     crop: str = "auto"
     hflip: bool = True
     randaug_ops: int = 2
+    randaug_impl: str = "official"  # "official" or "torchvision" (loader.train_batches)
     randaug_scale: float = 1.0  # x the stage's RandAugment magnitude (0: off; a weak view for a teacher)
     mix: bool = True  # Mixup/CutMix at the stage's alphas (needs labels)
 
@@ -75,6 +76,7 @@ def _batches(stream: Stream, ctx: StepContext, *, seed: int, epoch: int, start_b
         image_size=ctx.image_size,
         randaug_magnitude=ctx.randaug_magnitude * a.randaug_scale,
         randaug_ops=a.randaug_ops,
+        randaug_impl=a.randaug_impl,
         mixup_alpha=ctx.mixup_alpha if a.mix else 0.0,
         cutmix_alpha=ctx.cutmix_alpha if a.mix else 0.0,
         num_classes=ctx.num_classes,

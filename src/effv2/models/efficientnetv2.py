@@ -35,6 +35,8 @@ class EfficientNetV2(nn.Module):
         *,
         norm_layer: NormLayer | None = None,
         act_layer: ActLayer | None = None,
+        features_only: bool = False,
+        out_indices: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 0:
@@ -84,7 +86,28 @@ class EfficientNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = FeatureInfo(_feature_points(spec, rows))
+        self.features_only = bool(features_only)
+        self.out_indices: tuple[int, ...] = ()
+        if features_only:
+            self._to_features(out_indices)
+        elif out_indices is not None:
+            raise ValueError("out_indices: only with features_only=True")
         self._init_weights()
+
+    def _to_features(self, out_indices: tuple[int, ...] | None) -> None:
+        """Keep stem and the stages up to the deepest requested feature point; drop head and classifier."""
+        n = len(self.feature_info)
+        idx = tuple(range(n)) if out_indices is None else tuple(int(i) for i in out_indices)
+        idx = tuple(i + n if i < 0 else i for i in idx)  # timm accepts negative indices
+        if not idx or any(not 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
+            raise ValueError(f"out_indices: expected distinct indices in 0..{n - 1} (or negative), got {out_indices}")
+        self.out_indices = idx
+        self.feature_info = FeatureInfo([self.feature_info[i] for i in idx])
+        self._feature_stages = tuple(self.feature_info.stage_indices())
+        self.blocks = nn.Sequential(*list(self.blocks)[: max(self._feature_stages) + 1])
+        self.head = self.pool = self.dropout = self.classifier = nn.Identity()
+        self.num_classes = 0
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -135,12 +158,56 @@ class EfficientNetV2(nn.Module):
         return _blocks.bn_mode(self, mode)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, F, h, w)
+        if self.features_only:
+            raise RuntimeError("forward_features: a features_only model returns its feature maps from forward()")
         return self.head(self.blocks(self.stem(x)))
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps at ``out_indices`` (features_only) or at every feature point, as a list."""
+        stages = self._feature_stages if self.features_only else tuple(self.feature_info.stage_indices())
+        out, x = [], self.stem(x)
+        for i, stage in enumerate(self.blocks):
+            x = stage(x)
+            if i in stages:
+                out.append(x)
+        return out
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pool(x).flatten(1)  # (B, F)
         x = self.dropout(x)
         return x if pre_logits else self.classifier(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.features_only:
+            return self.forward_intermediates(x)
         return self.forward_head(self.forward_features(x))
+
+
+class FeatureInfo(list):
+    """timm-style feature info: one dict per feature point (``num_chs``, ``reduction``, ``module``, ``stage``).
+
+    A feature point is the output of the last stage at each distinct reduction (total stride), in
+    depth order: a paper model (stem stride 2) has 5, at reductions 2, 4, 8, 16, 32, so index 1..4 are
+    the stride-4/8/16/32 maps, as in timm's EfficientNet. The last point is the input of the 1x1 head
+    conv: ``model.forward_features(x) == model.head(features[-1])``.
+    """
+
+    def channels(self, idx: int | None = None) -> list[int] | int:
+        return [d["num_chs"] for d in self] if idx is None else self[idx]["num_chs"]
+
+    def reduction(self, idx: int | None = None) -> list[int] | int:
+        return [d["reduction"] for d in self] if idx is None else self[idx]["reduction"]
+
+    def module_name(self, idx: int | None = None) -> list[str] | str:
+        return [d["module"] for d in self] if idx is None else self[idx]["module"]
+
+    def stage_indices(self) -> list[int]:
+        return [d["stage"] for d in self]
+
+
+def _feature_points(spec: ArchSpec, rows: list) -> list[dict]:
+    red, points = spec.stem_stride, {}
+    for i, row in enumerate(rows):
+        red *= row.stride
+        points[red] = {"num_chs": row.out, "reduction": red, "module": f"blocks.{i}", "stage": i}  # last one wins
+    return list(points.values())

@@ -174,6 +174,8 @@ def create_model(
     in_chans: int = 3,
     drop_rate: float | None = None,
     drop_path_rate: float | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
     **overrides: Any,
 ) -> EfficientNetV2:
     """Build a registered model (or a saved spec file).
@@ -183,6 +185,12 @@ def create_model(
     "dual_bn" for AdvProp) and ``act`` ("silu", "gelu", "softplus", "elu", "relu"). They are
     stored in the spec, so a checkpoint rebuilds the same variant. Unknown keys or values raise an
     error listing the valid ones. ``drop_rate`` / ``drop_path_rate`` default to the card's values.
+
+    ``features_only=True`` builds a backbone whose forward returns the feature maps at
+    ``out_indices`` (default: all) as a list, with ``model.feature_info`` giving channels and
+    reduction per index, as timm does; for a paper model indices 1..4 are the stride-4/8/16/32 maps
+    (see :class:`~effv2.models.efficientnetv2.FeatureInfo`). Its state_dict keys are the
+    classifier's (``stem.*``, ``blocks.*``), so classifier weights load with ``strict=False``.
     """
     card = get_card(name)
     spec = card.spec.with_overrides(**overrides) if overrides else card.spec
@@ -193,4 +201,6 @@ def create_model(
         drop_rate=card.dropout if drop_rate is None else drop_rate,
         drop_path_rate=card.drop_path if drop_path_rate is None else drop_path_rate,
         card=card,
+        features_only=features_only,
+        out_indices=out_indices,
     )

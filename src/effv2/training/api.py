@@ -227,6 +227,7 @@ def _train(
                         "recipe": recipe_to_dict(rec),
                         "layers": provenance,
                         "data_fingerprint": data_fingerprint(bundle),
+                        "data_splits": bundle.summary(),
                         "plan": plan,
                         "effv2_version": __version__,
                         "torch_version": torch.__version__,

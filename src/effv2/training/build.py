@@ -125,7 +125,12 @@ def build_streams(task: type[Task], recipe: Any, bundle: Any) -> list[Stream]:
         raise UsageError(
             f"task {task.name} needs data stream(s) {', '.join(missing)}; this data has {', '.join(available)}"
         )
-    augment = Augment(crop=recipe.crop, hflip=recipe.hflip, randaug_ops=recipe.randaug_ops)
+    augment = Augment(
+        crop=recipe.crop,
+        hflip=recipe.hflip,
+        randaug_ops=recipe.randaug_ops,
+        randaug_impl=getattr(recipe, "randaug_impl", "official"),
+    )
     return [Stream(name, available[name], augment) for name in task.streams]
 
 

@@ -1,8 +1,9 @@
-"""Rebuild a trained model from a run folder or a .safetensors file, for eval, predict and export."""
+"""Rebuild a trained model from a run folder, a model folder or a .safetensors file, for eval,
+predict and export (``effv2.inference`` builds ``effv2.load`` and the exports on it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import UsageError
+from ..inference.data_config import DataConfig
+from ..io.stateful import decode
 from ..io.weights import check_compatible, read_metadata
 from ..models import ArchSpec, EfficientNetV2, ModelCard
 from ..runtime import Runtime
@@ -25,17 +28,37 @@ class LoadedModel:
     std: tuple[float, ...]
     path: Path
     used: str  # "ema" or "model"
+    data_config: DataConfig = field(default=None)  # type: ignore[assignment]  # filled from the fields above
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)  # the file's metadata
+
+    def __post_init__(self) -> None:
+        if self.data_config is None:
+            self.data_config = DataConfig.from_card(self.model.card, size=self.eval_size, mean=self.mean, std=self.std)
+
+
+MODEL_FOLDER_FILES = ("config.json", "model.safetensors")
+
+
+def is_model_folder(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and all((p / n).is_file() for n in MODEL_FOLDER_FILES)
 
 
 def resolve_weights_file(path: str | Path) -> Path:
-    """A run folder means its best checkpoint (else last); a file is taken as is."""
+    """A run folder means its best checkpoint (else last), a model folder its model.safetensors;
+    a file is taken as is."""
     p = Path(path)
+    if is_model_folder(p):
+        return p / "model.safetensors"
     if p.is_dir():
         for name in ("best", "last"):
             f = p / "checkpoints" / f"{name}.safetensors"
             if f.is_file():
                 return f
-        raise UsageError(f"{p}: no checkpoints/best.safetensors or last.safetensors in this run folder")
+        raise UsageError(
+            f"{p}: no checkpoints/best.safetensors or last.safetensors in this run folder "
+            "(nor config.json + model.safetensors of a model folder)"
+        )
     if not p.is_file():
         raise UsageError(f"{p}: no such checkpoint file or run folder")
     return p
@@ -48,7 +71,10 @@ def load_for_inference(path: str | Path, prefer_ema: bool = True) -> LoadedModel
     spec_d = meta.get("spec") or (meta.get("card") or {}).get("spec")
     if not spec_d:
         raise UsageError(f"{f}: no architecture recorded in this file (not written by effv2?)")
-    state_meta: dict[str, Any] = meta.get("state") or {}
+    # a checkpoint's state is tagged JSON (tuples such as mean=(0.5,) come back as tuples)
+    state_meta: dict[str, Any] = decode(meta.get("state") or {}, {}, str(f))
+    if not isinstance(state_meta, dict):
+        state_meta = {}
     try:
         tensors = load_file(str(f))
     except (SafetensorError, OSError) as exc:
@@ -68,6 +94,10 @@ def load_for_inference(path: str | Path, prefer_ema: bool = True) -> LoadedModel
     card_d = meta.get("card")
     card = ModelCard.from_dict(card_d) if card_d else None
     model = EfficientNetV2(ArchSpec.from_dict(spec_d), num_classes=num_classes, in_chans=in_chans, card=card)
+    if meta.get("folded"):  # `effv2 export --format safetensors`: BN already folded into the convs
+        from ..models.fuse import fold_bn
+
+        model = fold_bn(model, inplace=True)
     check_compatible(model, state, str(f))
     model.load_state_dict(state)
     model.eval()
@@ -75,7 +105,20 @@ def load_for_inference(path: str | Path, prefer_ema: bool = True) -> LoadedModel
     eval_size = int(state_meta.get("eval_size") or meta.get("eval_size") or (card.eval_size if card else 224))
     mean = tuple(state_meta.get("mean") or (card.mean if card else (0.5,)))
     std = tuple(state_meta.get("std") or (card.std if card else (0.5,)))
-    return LoadedModel(model=model, classes=classes, eval_size=eval_size, mean=mean, std=std, path=f, used=used)
+    dc = DataConfig.from_dict(meta["data_config"]) if isinstance(meta.get("data_config"), dict) else None
+    if dc is not None:
+        eval_size, mean, std = dc.size, dc.mean, dc.std
+    return LoadedModel(
+        model=model,
+        classes=classes,
+        eval_size=eval_size,
+        mean=mean,
+        std=std,
+        path=f,
+        used=str(meta.get("weights", used)),
+        data_config=dc,
+        meta=meta,
+    )
 
 
 def fast_inference_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
@@ -91,21 +134,6 @@ def fast_inference_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.M
 
 
 def preprocess_image(path: str | Path, loaded: LoadedModel) -> torch.Tensor:
-    """One image file -> (C, S, S) float tensor normalised like the training data."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im = im.convert("L" if loaded.model.in_chans == 1 else "RGB")
-            im = im.resize((loaded.eval_size, loaded.eval_size), Image.Resampling.BILINEAR)
-            x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UsageError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
-    c = loaded.model.in_chans
-    x = x.view(loaded.eval_size, loaded.eval_size, c).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(loaded.mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(loaded.std, dtype=torch.float32).view(-1, 1, 1)
-    return (x - mean) / std
+    """One image file -> (C, S, S) float tensor, decoded, resized and normalised as the eval loader does
+    (``DataConfig.load_file``)."""
+    return loaded.data_config.load_file(path, loaded.model.in_chans)

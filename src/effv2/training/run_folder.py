@@ -37,7 +37,7 @@ class RunFolderBusy(UsageError):
 
 CONFIG = "config.json"
 LOCK = ".lock"
-RUN_FILES = (CONFIG, "metrics.jsonl", "skipped.jsonl", "summary.json", "curves.png", "checkpoints", LOCK)
+RUN_FILES = (CONFIG, "metrics.jsonl", "skipped.jsonl", "summary.json", "curves.png", "checkpoints", "model", LOCK)
 
 
 def check_out_dir(out: Path, *, resume: bool, overwrite: bool = False) -> None:

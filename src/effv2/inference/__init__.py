@@ -1,0 +1,1 @@
+"""Inference: one preprocessing definition, loading any saved model, exports and model folders."""
