@@ -15,9 +15,10 @@ from effv2.data.sources import DataBundle
 from effv2.data.streams import train_steps
 from effv2.runtime import Runtime
 from effv2.training.build import build_parts
+from effv2.training.state import RunInfo
 from effv2.training.step import TrainStep
 from effv2.training.tasks import Task
-from effv2.training.trainer import RunInfo, Trainer
+from effv2.training.trainer import Trainer
 
 
 class FakeTask(Task):

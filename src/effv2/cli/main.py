@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"effv2 {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from ..training.trainer import NonFiniteError
+        from ..training.state import NonFiniteError
 
         if not isinstance(exc, NonFiniteError):
             raise

@@ -17,7 +17,12 @@ Source: google/automl, efficientnetv2/autoaugment.py (``distort_image_with_randa
 One deliberate deviation: the official ``contrast`` blends towards (pixel count / 256), a bug
 (``reduce_sum`` of the histogram is the pixel count); here it blends towards the mean grey level,
 as PIL's ImageEnhance.Contrast (which the official docstring says it is equivalent to) does.
-Grey values use PIL's ITU-R 601-2 luma. Single-channel images: Color is the identity.
+Grey values use PIL's ITU-R 601-2 luma, and Sharpness rounds its smoothed image as PIL's filter does
+(the official ``tf.cast`` truncates: 1 grey level before the blend). Single-channel images: Color is
+the identity. Above magnitude 10 the levels extrapolate as the official formulas do; where a value
+leaves the uint8 range it saturates (a Solarize threshold above 255 leaves the image as is, more than
+8 Posterize bits keep all 8), which is what the formulas mean; the TF graph's own uint8 conversion of
+such constants is not reproduced.
 
 The batch path draws every random choice per image from one ``torch.Generator`` (ops, signs,
 cutout centres, for all layers up front), groups the images by op and runs each op once per

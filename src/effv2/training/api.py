@@ -28,7 +28,8 @@ from .budget import plan_budget
 from .build import build_model, build_parts, channel_stats, seed_everything
 from .callbacks import Callback
 from .run_folder import absolute, check_out_dir, check_resume, data_fingerprint, read_config, run_lock, write_config
-from .trainer import RunInfo, Trainer
+from .state import RunInfo
+from .trainer import Trainer
 
 
 def _validate(recipe: Recipe, model: str, bundle: DataBundle) -> None:
