@@ -4,20 +4,20 @@ its plan, follows it on --resume and resumes bit for bit after a kill."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from effv2.training.budget import plan_epochs, planned_seconds
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "golden"))
+sys.path.insert(0, str(HERE.parent))
 import run_golden  # noqa: E402
+
+from support import checkpoint_tensors, pico_train_args, run_cli  # noqa: E402
 
 SETS = [
     "batch_size=32",
@@ -46,60 +46,30 @@ def test_planned_seconds_and_plan_are_pinned():
     assert plan_epochs(1, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0, min_epochs=2) == 2
 
 
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if k.split("/")[0] in ("model", "ema", "optim")}
-
-
 @pytest.mark.skipif(not run_golden.SHARED.is_dir(), reason="shared Fashion-MNIST not available")
 def test_a_budgeted_run_records_its_plan_and_resumes_bitwise(tmp_path):
     data = run_golden.write_subset(tmp_path / "fm")
 
-    def cli(*args, kill=None):
-        runner = ["-m", "effv2"] if kill is None else [str(HERE.parent / "fault_run.py"), "--kill-at-step", str(kill)]
-        return subprocess.run(
-            [sys.executable, *runner, *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-
     def train_args(out, *extra, sets=SETS):
-        a = [
-            "train",
-            "--model",
-            "efficientnetv2_pico",
-            "--data",
-            "fashion-mnist",
-            "--data-dir",
-            str(data),
-            "--out",
-            str(out),
-            "--quiet",
-            *extra,
-        ]
-        for s in sets:
-            a += ["--set", s]
-        return a
+        return pico_train_args(data, out, sets, *extra)
 
     part = tmp_path / "part"
-    killed = cli(*train_args(part, "--time-budget", "3s"), kill=9)
+    killed = run_cli(*train_args(part, "--time-budget", "3s"), kill_at=9)
     assert killed.returncode == -9, killed.stderr[-2000:]
     cfg = json.loads((part / "config.json").read_text())
     plan = cfg["plan"]
     assert plan["epochs"] == cfg["recipe"]["epochs"] >= 2 and plan["planned_s"] <= 0.95 * 3
     assert plan["stage_sizes"] == [16, 24] and all(s > 0 for s in plan["step_s"])
     assert cfg["layers"]["plan"]["set"]["epochs"] == plan["epochs"]
-    resumed = cli("train", "--resume", str(part), "--quiet")
+    resumed = run_cli("train", "--resume", str(part), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((part / "config.json").read_text())["plan"] == plan  # the recorded plan, not a new one
     # the same schedule without a budget: bit for bit the same weights
-    ref = cli(*train_args(tmp_path / "ref", sets=[*SETS, f"epochs={plan['epochs']}"]))
+    ref = run_cli(*train_args(tmp_path / "ref", sets=[*SETS, f"epochs={plan['epochs']}"]))
     assert ref.returncode == 0, ref.stderr[-2000:]
     a, b = (
-        _tensors(part / "checkpoints" / "last.safetensors"),
-        _tensors(tmp_path / "ref" / "checkpoints" / "last.safetensors"),
+        checkpoint_tensors(part / "checkpoints" / "last.safetensors"),
+        checkpoint_tensors(tmp_path / "ref" / "checkpoints" / "last.safetensors"),
     )
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:

@@ -18,7 +18,10 @@ from effv2.training.run_folder import run_lock
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "golden"))
+sys.path.insert(0, str(HERE.parent))
 import run_golden  # noqa: E402
+
+from support import pico_train_args  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not run_golden.SHARED.is_dir(), reason="shared Fashion-MNIST not available")
 SETS = [
@@ -41,22 +44,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def _args(data: Path, out: Path, *extra: str, sets=SETS) -> list[str]:
-    a = [
-        "train",
-        "--model",
-        "efficientnetv2_pico",
-        "--data",
-        "fashion-mnist",
-        "--data-dir",
-        str(data),
-        "--out",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
-    for s in sets:
-        a += ["--set", s]
-    return a
+    return pico_train_args(data, out, sets, *extra)
 
 
 def _err(capsys) -> str:

@@ -4,21 +4,21 @@ loop, its parts are logged, its state is checkpointed and a killed run resumes b
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "golden"))
+sys.path.insert(0, str(HERE.parent))
 import run_golden  # noqa: E402
 
+from support import checkpoint_tensors, pico_train_args, run_cli  # noqa: E402
+
 PLUGIN = HERE / "two_loss_task.py"
-FAULT_RUN = HERE.parent / "fault_run.py"
 SETS = [
     "epochs=2",
     "batch_size=32",
@@ -39,31 +39,12 @@ pytestmark = pytest.mark.skipif(not run_golden.SHARED.is_dir(), reason="shared F
 
 
 def _run(data: Path, out: Path, kill_at: int | None = None, resume: bool = False) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(FAULT_RUN), "--import", str(PLUGIN)]
-    cmd += ["--kill-at-step", str(kill_at)] if kill_at is not None else []
-    if resume:
-        cmd += ["train", "--resume", str(out), "--quiet"]
-    else:
-        cmd += [
-            "train",
-            "--model",
-            "efficientnetv2_pico",
-            "--data",
-            "fashion-mnist",
-            "--data-dir",
-            str(data),
-            "--out",
-            str(out),
-            "--quiet",
-        ]
-        for s in SETS:
-            cmd += ["--set", s]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = ["train", "--resume", str(out), "--quiet"] if resume else pico_train_args(data, out, SETS)
+    return run_cli(*args, kill_at=kill_at, plugin=PLUGIN)
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if k.split("/")[0] in ("model", "ema", "optim", "task")}
+    return checkpoint_tensors(path, ("model", "ema", "optim", "task"))
 
 
 def test_a_task_in_one_file_logs_its_parts_keeps_its_state_and_resumes_bitwise(tmp_path):
