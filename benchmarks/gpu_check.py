@@ -11,9 +11,9 @@ numbers. Exit status: 1 when a part failed, else 0.
 Parts: models (forward+backward of every model under fp32/bf16/fp16 autocast), train (short runs
 with fp16, bf16, channels_last, torch.compile; SIGKILL + resume bitwise exact under deterministic
 mode, with the non-deterministic kernels torch warned about), torchrun (1 process, and 2 on a 2-GPU
-machine), eval_predict (``effv2 eval`` / ``effv2 predict`` on the trained run), export (not built
-yet: SKIP), bench (effv2 vs timm img/s and peak share), data (JPEG-folder loader img/s, and
-``torchvision.io.decode_jpeg`` on the GPU).
+machine), eval_predict (``effv2 eval`` / ``effv2 predict`` on the trained run), export (`effv2 export`
+to every format, checked on the device, and `effv2 predict` on the ONNX file), bench (effv2 vs timm
+img/s and peak share), data (JPEG-folder loader img/s, and ``torchvision.io.decode_jpeg`` on the GPU).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def status_line(part: str, result: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- the driver
 # Parts that cannot run yet: SKIP with the reason, without starting a process for it.
-STATIC_SKIPS = {"export": "export is not built yet"}
+STATIC_SKIPS: dict[str, str] = {}
 
 
 def run_part_subprocess(part: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -845,7 +845,38 @@ def _json_tail(text: str) -> Any:
 
 
 def part_export(ctx: Context, numbers: dict[str, Any]) -> None:
-    raise Skip(STATIC_SKIPS["export"])
+    """`effv2 export` of the trained run to each format, traced and checked on the device (max abs logit
+    difference and top-1 agreement against the PyTorch model), then `effv2 predict` on the ONNX file."""
+    import importlib.util
+
+    from PIL import Image
+
+    ctx.need_device()
+    run = trained_run(ctx)
+    data = fmnist_subset(ctx)
+    imgs = []
+    for i, arr in enumerate(_idx(data / "t10k-images-idx3-ubyte.gz")[:4]):
+        imgs.append(ctx.out / f"export{i}.png")
+        Image.fromarray(arr.numpy()).save(imgs[-1])
+    formats = ["torch-export", "safetensors", "folder"]
+    formats += ["onnx"] if importlib.util.find_spec("onnxruntime") else []
+    suffix = {"onnx": ".onnx", "torch-export": ".pt2", "safetensors": ".safetensors", "folder": ""}
+    for fmt in formats:
+        target = ctx.out / "export" / f"model-{fmt}{suffix[fmt]}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["export", "--checkpoint", str(run), "--format", fmt, "--out", str(target), "--device", ctx.device]
+        argv += ["--dynamic-batch"] if fmt in ("onnx", "torch-export") else []
+        rc, stdout, stderr = effv2_cli([*argv, "--json", "--check-images", *map(str, imgs)])
+        numbers[f"{fmt}_rc"] = rc
+        numbers[fmt] = _json_tail(stdout)
+        if rc != 0:
+            _problem(numbers, f"export {fmt}: exit {rc}: {_last_line(stderr)}")
+    if "onnx" in formats and numbers.get("onnx_rc") == 0:
+        onnx = ctx.out / "export" / "model-onnx.onnx"
+        rc, stdout, stderr = effv2_cli(["predict", "--checkpoint", str(onnx), "--json", *map(str, imgs)])
+        numbers["predict_onnx_rc"] = rc
+        if rc != 0:
+            _problem(numbers, f"predict on the ONNX export: exit {rc}: {_last_line(stderr)}")
 
 
 # --------------------------------------------------------------------------- part: bench

@@ -194,6 +194,35 @@ def test_cpu_peak_on_zen4_counts_one_512_bit_fma_per_cycle() -> None:
     assert cpu_peak_flops("fp32", info=intel)[0] == pytest.approx(2 * 2.6e9 * 64)
 
 
+def test_cpu_peak_on_zen3_and_zen5() -> None:
+    """Zen 3 (family 25, AVX2 only) has two 256-bit FMA pipes: 32 FLOP/cycle, not Zen 4's halved rate;
+    Zen 5 (family 26) has full-width 512-bit pipes."""
+    zen3 = {
+        "flags": ["avx", "avx2", "fma"],
+        "cores": 2,
+        "mhz": 2450.0,
+        "mhz_source": "test",
+        "torch_threads": 2,
+        "vendor": "AuthenticAMD",
+        "family": 25,
+    }
+    assert cpu_peak_flops("fp32", info=zen3)[0] == pytest.approx(2 * 2.45e9 * 32)
+    zen5 = zen3 | {"family": 26, "flags": ["avx2", "fma", "avx512f", "avx512_bf16"]}
+    fp32, how = cpu_peak_flops("fp32", info=zen5)
+    assert fp32 == pytest.approx(2 * 2.45e9 * 64) and "Zen 5" in how
+    assert cpu_peak_flops("bf16", info=zen5)[0] == pytest.approx(2 * 2.45e9 * 128)
+
+
+def test_measured_gemm_and_the_reasons_for_the_defaults() -> None:
+    from effv2.bench.machine import fast_defaults_reasons, measured_gemm_flops
+
+    assert 1e8 < measured_gemm_flops("fp32", n=256, repeats=2) < 1e14
+    why = fast_defaults_reasons("cpu")
+    assert set(why) == {"amp", "channels_last", "compile", "fold_bn_infer"}
+    assert why["amp"].startswith(fast_defaults("cpu")["amp"].replace("none", "fp32"))
+    assert fast_defaults_reasons("cpu", batch_size=1)["amp"].startswith("fp32")
+
+
 def test_cuda_peak_table() -> None:
     assert cuda_peak_flops("bf16", "NVIDIA H100 80GB HBM3")[0] == pytest.approx(989.4e12)
     assert cuda_peak_flops("fp32", "NVIDIA A100-SXM4-40GB")[0] == pytest.approx(156e12)  # TF32 convs

@@ -31,12 +31,18 @@ SHIPPED = [
     "finetune-stanford-cars",
     "fmnist-cpu",
     "imagenet",
+    "imagenet-b0",
+    "imagenet-b1",
+    "imagenet-b2",
+    "imagenet-b3",
     "imagenet-l",
     "imagenet-l-code",
     "imagenet-m",
     "imagenet-m-code",
     "imagenet-s",
     "imagenet-s-code",
+    "imagenet21k",
+    "imagenet21k-ft1k",
 ]
 
 

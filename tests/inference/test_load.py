@@ -70,7 +70,7 @@ def test_data_config_is_the_eval_loaders(images) -> None:
     assert DataConfig.effv2_eval(384).crop_mode == "squash" and dc.with_size(320).crop_fraction == 1.0
     assert DataConfig.from_dict(dc.to_dict()) == dc
     with pytest.raises(UsageError):
-        DataConfig(32, crop_fraction=0.5, crop_mode="squash")
+        DataConfig(32, crop_fraction=1.5)
 
 
 def test_predict_matches_torchvision(tmp_path, capsys) -> None:

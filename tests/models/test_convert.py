@@ -372,3 +372,17 @@ def test_cli_rejects_unsupported_models_in_one_line(tmp_path, capsys) -> None:
     )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "valid: efficientnetv2_s" in err
+
+
+def test_converted_weights_carry_the_sources_whole_preprocessing(tmp_path) -> None:
+    """Crop fraction and mode are no card fields: the converted model's data_config is saved with it."""
+    from effv2.inference.data_config import DataConfig
+
+    model = convert("timm", _source("timm", "tf_efficientnetv2_b0", num_classes=3))
+    want = DataConfig(224, 0.875, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "center")
+    assert model.data_config == want
+    save_weights(model, tmp_path / "b0.safetensors")
+    assert read_metadata(tmp_path / "b0.safetensors")["data_config"]["crop_fraction"] == 0.875
+    assert load_for_inference(tmp_path / "b0.safetensors").data_config == want
+    gray = convert("timm", _source("timm", "tf_efficientnetv2_b0", num_classes=3, in_chans=1))
+    assert gray.data_config is None  # no published preprocessing for 1-channel weights

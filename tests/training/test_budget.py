@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from effv2.training.budget import plan_epochs, planned_seconds
+from effv2.config import Recipe
+from effv2.training.budget import plan_steps, planned_seconds
+from effv2.training.lr import LRSchedule, total_steps
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "golden"))
@@ -36,14 +41,53 @@ SETS = [
 
 def test_planned_seconds_and_plan_are_pinned():
     # 2 stages at 0.1 s and 0.3 s per step, 10 steps per epoch, 1 s per evaluation, every epoch
-    t = planned_seconds(4, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0, eval_every=1)
-    assert t == pytest.approx(2 * 10 * 0.1 + 2 * 10 * 0.3 + 4 * 1.0)  # 12 s
-    assert planned_seconds(5, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0, eval_every=2) == pytest.approx(
+    t = planned_seconds(40, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0, eval_every=1)
+    assert t == pytest.approx(2 * 10 * 0.1 + 2 * 10 * 0.3 + 4 * 1.0)  # 4 epochs: 12 s
+    assert planned_seconds(50, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0, eval_every=2) == pytest.approx(
         2 * 10 * 0.1 + 3 * 10 * 0.3 + 3 * 1.0
     )  # the later stage takes the odd epoch; evals at 2, 4 and 5
-    # 12 s fits 0.95 * 13 = 12.35; 5 epochs (16 s) does not
-    assert plan_epochs(13, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0) == 4
-    assert plan_epochs(1, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0, min_epochs=2) == 2
+    # a partial last epoch: 43 steps = 5 epochs [0,2) [2,5), the last stage trains 23 steps
+    assert planned_seconds(43, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0) == pytest.approx(
+        20 * 0.1 + 23 * 0.3 + 5 * 1.0
+    )
+    # per-stage evaluation cost (a stage below the eval size evaluates twice)
+    assert planned_seconds(40, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=[1.5, 1.0]) == pytest.approx(
+        8 + 2 * 1.5 + 2 * 1.0
+    )
+    # the plan fills the budget to the step: 40 steps = 12 s; 0.95 * 13 = 12.35 s leaves room for one
+    # more step at 0.3 s but not for the evaluation that the extra (fifth) epoch adds
+    assert plan_steps(13, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0) == 40
+    # 0.95 * 20 = 19 s: 5 epochs with 2 + 3 split give 20*0.1 + n*0.3 + 5 <= 19 -> n = 40 (6 epochs is worse)
+    assert plan_steps(20, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0) == 60
+    assert plan_steps(1, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0, min_steps=11) == 11
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    budget=st.floats(1, 60),
+    a=st.floats(0.05, 1),
+    b=st.floats(0.05, 1),
+    spe=st.integers(1, 40),
+    ev=st.floats(0, 5),
+    every=st.integers(1, 3),
+)
+def test_the_plan_is_the_largest_step_count_that_fits(budget, a, b, spe, ev, every):
+    """Against brute force: no step count up to the search's bound fits and is larger."""
+    kw = dict(stage_step_s=[a, b], steps_per_epoch=spe, eval_s=ev, eval_every=every)
+    n = plan_steps(budget, **kw)
+    target = 0.95 * budget
+    fitting = [k for k in range(1, int(target / min(a, b)) + spe + 1) if planned_seconds(k, **kw) <= target]
+    assert n == (max(fitting) if fitting else 1)
+
+
+def test_max_steps_ends_the_last_epoch_and_the_lr_reaches_its_floor():
+    rec = Recipe(epochs=5, max_steps=43, lr_schedule="linear", warmup_epochs=1, lr=0.1, batch_size=256)
+    assert total_steps(10, rec) == 43
+    lr = LRSchedule.from_recipe(rec, steps_per_epoch=10, base_lr=0.1)
+    assert lr(10) == pytest.approx(0.1) and lr(43) == 0.0 and lr(10 + 33 // 3) == pytest.approx(0.1 * 2 / 3)
+    cos = LRSchedule.from_recipe(replace(rec, lr_schedule="cosine"), steps_per_epoch=10, base_lr=0.1)
+    assert cos(43) == pytest.approx(0.0, abs=1e-12) and cos(10 + 33 // 2) == pytest.approx(0.05, rel=0.05)
+    assert total_steps(10, replace(rec, max_steps=0)) == 50 and total_steps(10, replace(rec, max_steps=99)) == 50
 
 
 @pytest.mark.skipif(not run_golden.SHARED.is_dir(), reason="shared Fashion-MNIST not available")
@@ -58,14 +102,17 @@ def test_a_budgeted_run_records_its_plan_and_resumes_bitwise(tmp_path):
     assert killed.returncode == -9, killed.stderr[-2000:]
     cfg = json.loads((part / "config.json").read_text())
     plan = cfg["plan"]
-    assert plan["epochs"] == cfg["recipe"]["epochs"] >= 2 and plan["planned_s"] <= 0.95 * 3
+    assert plan["epochs"] == cfg["recipe"]["epochs"] >= 2 and plan["planned_s"] <= 0.95 * 3 + 0.01
+    assert plan["steps"] == cfg["recipe"]["max_steps"] and plan["epochs"] == -(
+        -plan["steps"] // plan["steps_per_epoch"]
+    )
     assert plan["stage_sizes"] == [16, 24] and all(s > 0 for s in plan["step_s"])
     assert cfg["layers"]["plan"]["set"]["epochs"] == plan["epochs"]
     resumed = run_cli("train", "--resume", str(part), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((part / "config.json").read_text())["plan"] == plan  # the recorded plan, not a new one
     # the same schedule without a budget: bit for bit the same weights
-    ref = run_cli(*train_args(tmp_path / "ref", sets=[*SETS, f"epochs={plan['epochs']}"]))
+    ref = run_cli(*train_args(tmp_path / "ref", sets=[*SETS, f"epochs={plan['epochs']}", f"max_steps={plan['steps']}"]))
     assert ref.returncode == 0, ref.stderr[-2000:]
     a, b = (
         checkpoint_tensors(part / "checkpoints" / "last.safetensors"),

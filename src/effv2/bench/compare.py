@@ -290,7 +290,7 @@ def make_step(model: nn.Module, s: Settings, cfg: BenchConfig, in_chans: int, de
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Time effv2 (and the references in ``cfg.compare``) and return the JSON-ready report."""
     from ..models.flops import count_macs
-    from .machine import describe, peak_flops
+    from .machine import describe, fast_defaults_reasons, peak_flops
 
     dev = resolve_device(cfg.device)
     card = get_card(cfg.model)
@@ -389,4 +389,21 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "logit_check": checks,
         "notes": notes,
         "machine": describe(dev),
+        "defaults_why": fast_defaults_reasons(dev, batch_size=cfg.batch_size),
+        "gemm": _gemm_check(dev, {r["settings"]: r for r in results}),
     }
+
+
+def _gemm_check(dev: torch.device, by_settings: dict[str, dict]) -> dict[str, Any]:
+    """The derived peak against a measured large torch.mm in each precision the variants ran in."""
+    from .machine import measured_gemm_flops, peak_flops
+
+    if dev.type != "cpu":
+        return {}
+    out = {}
+    for amp in sorted({("bf16" if "bf16" in k else "none") for k in by_settings}):
+        precision = "bf16" if amp == "bf16" else "fp32"
+        derived, _ = peak_flops(dev, amp)
+        measured = measured_gemm_flops(precision)
+        out[precision] = {"derived": derived, "measured_mm": measured, "share": measured / derived if derived else None}
+    return out

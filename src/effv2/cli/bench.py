@@ -123,6 +123,14 @@ def print_report(r: dict) -> None:
         peaks.setdefault(x["peak_how"], []).append(x["variant"])
     for how, variants in peaks.items():
         print(f"peak for {', '.join(variants)}: {how}")
+    for key, why in r.get("defaults_why", {}).items():
+        print(f"default {key}: {why}")
+    for precision, g in r.get("gemm", {}).items():
+        share = f" = {100 * g['share']:.0f}% of the derived peak" if g["share"] else ""
+        print(
+            f"{precision} peak: derived {_fmt_flops(g['derived'])}, measured 2048x2048 torch.mm "
+            f"{_fmt_flops(g['measured_mm'])}{share}"
+        )
     for note in r["notes"]:
         print(f"note: {note}")
 

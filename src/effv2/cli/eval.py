@@ -1,4 +1,8 @@
-"""`effv2 eval --checkpoint RUN_DIR_OR_FILE --data SOURCE [--split test] [--json]`."""
+"""`effv2 eval --checkpoint RUN_DIR_OR_FILE | --pretrained SOURCE --data DATA [--split test] [--json]`.
+
+The model's own preprocessing (its DataConfig: size, crop fraction, interpolation, mean, std) is
+applied to every image, exactly as `effv2 predict` applies it; `--size` changes only the size.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,24 @@ from .train import add_data_args
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="top-1/top-5 of a trained model on a data split")
-    p.add_argument("--checkpoint", required=True, help="run folder (uses its best checkpoint) or a .safetensors file")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="run folder (uses its best checkpoint) or a .safetensors file")
+    which.add_argument(
+        "--pretrained",
+        metavar="SOURCE",
+        help="weights to use instead of --checkpoint: a timm / torchvision / effv2 weights file or folder, "
+        "timm:NAME or torchvision:NAME (their download and cache; see docs/pretrained.md)",
+    )
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--size", type=int, help="evaluation image size (default: the one recorded with the model)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when available)")
+    p.add_argument(
+        "--amp",
+        default="auto",
+        help="auto | none | bf16 | fp16: autocast precision (auto: the device's fast default; none: fp32)",
+    )
     p.add_argument("--json", action="store_true")
     add_data_args(p)
     return p
@@ -61,7 +77,15 @@ def run(args: argparse.Namespace) -> int:
     from ..training.evaluate import evaluate
     from ..training.inference import load_for_inference
 
-    loaded = load_for_inference(args.checkpoint)
+    if args.pretrained is not None:
+        from ..inference.pretrained import resolve_pretrained
+
+        loaded = resolve_pretrained(args.pretrained).loaded()
+    else:
+        loaded = load_for_inference(args.checkpoint)
+    if args.size is not None and args.size < 8:
+        raise UsageError(f"--size must be >= 8, got {args.size}")
+    data_config = loaded.data_config.with_size(args.size) if args.size else loaded.data_config
     bundle = load_source(args.data, data_dir=args.data_dir, download=args.download)
     imageset = {
         "test": bundle.test if bundle.test is not None else bundle.val,
@@ -69,21 +93,24 @@ def run(args: argparse.Namespace) -> int:
         "train": bundle.train,
     }[args.split]
     imageset = match_classes(imageset, bundle.classes, loaded.classes, args.data)
-    runtime = resolve_runtime(args.device, batch_size=args.batch_size)
+    runtime = resolve_runtime(args.device, amp=args.amp, batch_size=args.batch_size)
     model = runtime.place(loaded.model)
     res = evaluate(
         model,
         imageset,
         runtime=runtime,
-        image_size=args.size or loaded.eval_size,
-        mean=loaded.mean,
-        std=loaded.std,
+        data_config=data_config,
         batch_size=args.batch_size,
     )
     if res["n"] == 0:
         raise UsageError(f"{args.data}: the {args.split} split has no readable images to evaluate")
     res.update(
-        split=args.split, checkpoint=str(loaded.path), weights=loaded.used, device=str(runtime.device), amp=runtime.amp
+        split=args.split,
+        checkpoint=str(loaded.path),
+        weights=loaded.used,
+        device=str(runtime.device),
+        amp=runtime.amp,
+        data_config=data_config.to_dict(),
     )
     if args.json:
         print(json.dumps(res))

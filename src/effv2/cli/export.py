@@ -1,4 +1,7 @@
-"""`effv2 export --checkpoint RUN_DIR_OR_FILE --format onnx|torch-export|safetensors|folder --out PATH`."""
+"""`effv2 export --checkpoint RUN_DIR_OR_FILE | --pretrained SOURCE --format FORMAT --out PATH`.
+
+FORMAT is onnx, torch-export, safetensors or folder.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "with its preprocessing and class names, then check the export against the PyTorch model on sample "
         "images (exit 1 above --tol).",
     )
-    p.add_argument("--checkpoint", required=True, help="run folder, model folder or .safetensors checkpoint")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="run folder, model folder or .safetensors checkpoint")
+    which.add_argument(
+        "--pretrained",
+        metavar="SOURCE",
+        help="weights to use instead of --checkpoint: a timm / torchvision / effv2 weights file or folder, "
+        "timm:NAME or torchvision:NAME (their download and cache; see docs/pretrained.md)",
+    )
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     p.add_argument("--out", required=True, help="output file (.onnx, .pt2, .safetensors) or folder (--format folder)")
     p.add_argument("--size", type=int, default=None, help="input size (default: the model's eval size)")
@@ -50,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             tol=args.tol,
             check_images=args.check_images,
+            pretrained=args.pretrained,
         )
     except ExportMismatch as exc:
         print(f"effv2 export: error: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
-"""`effv2 predict --checkpoint PATH IMAGE... [--top-k K] [--json]`.
+"""`effv2 predict --checkpoint PATH | --pretrained SOURCE IMAGE... [--top-k K] [--json]`.
 
 PATH is a run folder, a checkpoint / .safetensors file, a model folder, or a file written by
-`effv2 export` (.onnx, run with onnxruntime; .pt2, torch.export). Each image is decoded and
+`effv2 export` (.onnx, run with onnxruntime; .pt2, torch.export); SOURCE is timm / torchvision
+weights (a file, a folder, timm:NAME or torchvision:NAME: effv2.inference.pretrained). Each image is decoded and
 preprocessed exactly as `effv2 eval` does (the model's DataConfig), whatever the format.
 """
 
@@ -17,8 +18,13 @@ import torch
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k classes with probabilities for image files")
-    p.add_argument(
-        "--checkpoint", required=True, help="run folder, model folder, .safetensors, or an exported .onnx / .pt2"
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="run folder, model folder, .safetensors, or an exported .onnx / .pt2")
+    which.add_argument(
+        "--pretrained",
+        metavar="SOURCE",
+        help="weights to use instead of --checkpoint: a timm / torchvision / effv2 weights file or folder, "
+        "timm:NAME or torchvision:NAME (their download and cache; see docs/pretrained.md)",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=3)
@@ -31,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..inference.load import open_predictor
 
-    pred = open_predictor(args.checkpoint, args.device, batch_size=len(args.images))
+    pred = open_predictor(args.checkpoint, args.device, batch_size=len(args.images), pretrained=args.pretrained)
     t0 = time.perf_counter()
     x = torch.stack([pred.data_config.load_file(p, pred.in_chans) for p in args.images])  # (N, C, S, S)
     t1 = time.perf_counter()

@@ -26,6 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="start from these weights (fine-tuning): an `effv2 convert` "
         "output, a run folder or a checkpoint; the classifier is replaced when the class count differs",
     )
+    p.add_argument(
+        "--pretrained",
+        metavar="SOURCE",
+        help="start from pretrained weights with their preprocessing (mean/std): a timm / torchvision / effv2 "
+        "weights file or folder, timm:NAME or torchvision:NAME (their download and cache); --model defaults "
+        "to their architecture",
+    )
     p.add_argument("--recipe", help="recipe name (see docs) or a recipe JSON file")
     p.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
     p.add_argument(
@@ -62,6 +69,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="let a new run use a non-empty --out folder that is not an effv2 run (its files are left alone)",
     )
+    p.add_argument(
+        "--log",
+        metavar="SINKS",
+        help="where metrics go besides metrics.jsonl and curves.png: csv (the default), tensorboard "
+        "(RUN_DIR/tensorboard/), tensorboard,csv, or none; a resume keeps the run's unless given",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--quiet", action="store_true")
     add_data_args(p)
@@ -96,9 +109,11 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             deterministic=args.deterministic,
             init=args.init,
+            log=args.log,
+            pretrained=args.pretrained,
         )
         return 0
-    if not model or not args.data or not args.out:
+    if not (model or args.pretrained) or not args.data or not args.out:
         raise UsageError("--model (or --model-spec), --data and --out are required")
     overrides = list(args.overrides) + ([f"time_budget={args.time_budget}"] if args.time_budget else [])
     train(
@@ -116,5 +131,7 @@ def run(args: argparse.Namespace) -> int:
         download=args.download,
         overwrite=args.overwrite,
         init=args.init,
+        log=args.log,
+        pretrained=args.pretrained,
     )
     return 0

@@ -6,6 +6,10 @@ Layers, lowest first (each one may set any key; a later layer wins):
     <- model                      from the model card: eval size, dropout and stochastic depth,
                                   progressive.min_size capped at the train size
     <- dataset                    src/effv2/recipes/dataset-<name>.json, when the data set has one
+    <- data-fitted                image folders and CSVs only (``fitted=`` facts): batch size, epochs
+                                  for a minimum number of steps, sizes and RandAugment fitted to the
+                                  data's size and resolution (fitted.py); fills only keys no layer
+                                  above sets
     <- recipe                     src/effv2/recipes/<name>.json or a user JSON file; a recipe may
                                   "extends": "<other recipe or path>" (recursively; cycles rejected)
     <- overrides                  `--set key=value` (dotted keys for nested fields)
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from .fitted import LAYER as FITTED
+from .fitted import DataFacts, facts_record, fitted_layer
 from .schema import ProgressiveConfig, Recipe, recipe_from_dict, recipe_to_dict
 from .values import RecipeError
 from .walker import flatten, merge, normalize
@@ -168,14 +174,21 @@ def _model_layer(model: str) -> tuple[Any, dict[str, Any]]:
 
 
 def resolve_recipe(
-    recipe: str | None, *, model: str, dataset: str, overrides: list[str] | dict[str, Any] | None = None
+    recipe: str | None,
+    *,
+    model: str,
+    dataset: str,
+    overrides: list[str] | dict[str, Any] | None = None,
+    fitted: DataFacts | None = None,
 ) -> tuple[Recipe, dict[str, Any]]:
     """The recipe for training ``model`` on ``dataset``, and the provenance of its values.
 
     ``recipe`` is a shipped name, a path to a JSON file, or None for the data set's default
     (:func:`default_recipe`). The provenance maps each applied layer, in order, to its source and
     the keys it set: ``{"defaults": {...}, "model": {...}, "dataset": {...}, "recipe:<name>": {...},
-    "overrides": {...}, "filled": {...}}``.
+    "overrides": {...}, "filled": {...}}``. ``fitted``: the measured facts of an image folder or CSV;
+    with them (and no dataset layer) a "data-fitted" layer, recording its facts, comes just above
+    the dataset layer (fitted.py).
     """
     card, model_patch = _model_layer(model)
     provenance: dict[str, Any] = {"defaults": {"source": DEFAULTS_SOURCE, "set": {}}}
@@ -191,11 +204,31 @@ def resolve_recipe(
     over = parse_overrides(overrides)
     if over:
         layers.append(("overrides", "--set" if not isinstance(overrides, dict) else "overrides", over))
+    n_lower = 2 if layers[1][0] == "dataset" else 1
+    if fitted is not None and n_lower == 1:
+        lower: dict[str, Any] = {}
+        for _, _, patch in layers[:n_lower]:
+            lower.update(flatten(patch))
+        upper: dict[str, Any] = {}
+        for _, _, patch in layers[n_lower:]:
+            upper.update(flatten(patch))
+        fit = fitted_layer(
+            fitted,
+            train_size=card.train_size,
+            eval_size=card.eval_size,
+            stride=card.spec.total_stride,
+            lower=lower,
+            upper=upper,
+            default_epochs=Recipe().epochs,
+        )
+        layers.insert(n_lower, (FITTED, fitted.describe(), normalize_layer(fit, FITTED)))
 
     merged: dict[str, Any] = {}
     for label, source, patch in layers:
         merged = merge(merged, patch)
         provenance[label] = {"source": source, "set": flatten(patch)}
+        if label == FITTED and fitted is not None:
+            provenance[label]["facts"] = facts_record(fitted)
 
     def who_set(key: str) -> str:
         for label in reversed(list(provenance)):

@@ -107,6 +107,9 @@ class Recipe:
     task: str = "classify"  # "classify": supervised cross-entropy; techniques register their own tasks
     # -- length and batch
     epochs: int = 10  # training epochs; progressive stages split them (schedule.stage_bounds)
+    # stop after this many optimizer steps (0 = epochs x steps per epoch): the last epoch may then be
+    # partial and the lr decays over max_steps; the time-budget plan sets it so the schedule fills the budget
+    max_steps: int = 0
     batch_size: int = 128  # global batch (all processes together); per process = batch_size / world size
     eval_batch_size: int = 256  # batch for evaluation (no gradients, so larger is fine)
     # -- optimizer (optim.py)
@@ -119,7 +122,7 @@ class Recipe:
     eps: float | None = None  # null = per-optimizer default: rmsprop_tf 1e-3 (inside the sqrt), adamw 1e-8
     rmsprop_decay: float = 0.9  # RMSProp's square-average decay (TF "decay", torch "alpha")
     # -- learning-rate schedule (lr.py)
-    lr_schedule: Literal["cosine", "exponential", "constant", "step"] = "cosine"
+    lr_schedule: Literal["cosine", "linear", "exponential", "constant", "step"] = "cosine"
     warmup_epochs: float = 0  # linear warmup length (may be fractional); warmup steps = int(epochs * steps/epoch)
     warmup_lr: float = 0  # lr at step 0 of the warmup, per 256 images like lr (0 = from zero, as the official code)
     min_lr: float = 0  # floor: cosine ends here; exponential and step never go below; per 256 images like lr
@@ -138,6 +141,10 @@ class Recipe:
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     # -- data
     eval_size: int | None = None  # evaluation image size; null = the model's eval size
+    # average the logits of each image and its mirror when evaluating: true = every evaluation; "auto" = the
+    # per-epoch evaluations without, then the best checkpoint on validation both ways and the better one
+    # (validation decides, never test) for the final test evaluation
+    eval_flip: Literal["auto"] | bool = False
     randaug_ops: int = 2  # RandAugment ops per image (the official code: 2 of 16)
     # official: the 16-op pool and level_to_arg of google/automl's autoaugment.py, an op per image;
     # torchvision: torchvision's RandAugment on the official magnitude scale, an op per 8 images
@@ -145,6 +152,18 @@ class Recipe:
     hflip: bool = True  # random horizontal flips in training
     # auto: pad_crop for in-memory sets (Fashion-MNIST, CIFAR), random_resized for image files
     crop: Literal["auto", "pad_crop", "random_resized", "none"] = "auto"
+    # random_resized crops: the area range as fractions of the image. (0.08, 1) is torchvision's and
+    # EfficientNetV1's; the official V2 ImageNet code uses (0.05, 1) (preprocessing.py:35 @6a54c87)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    # the per-image policy after crop and flip: "randaugment" (randaug_* and the stage's magnitude),
+    # "autoaugment" (the official policy v0, data/autoaugment.py: the B0-B3 configs), "none"
+    augment: Literal["randaugment", "autoaugment", "none"] = "randaugment"
+    # one noise-filled square of side cutout x image size per image, after the policy (0 = off; the
+    # official fine-tuning: 0.5, i.e. pad_size = size // 4, preprocessing.py:102-106 @6a54c87)
+    cutout: float = 0
+    # cross-replica BatchNorm when more than one process trains: "auto" = on for CUDA (torch's
+    # SyncBatchNorm), true = also on CPU (effv2's all-reduce BN: torch's rejects CPU tensors), false = off
+    sync_bn: Literal["auto"] | bool = False
     # -- run control
     checkpoint_every_steps: int = 0  # also save checkpoints/last every N optimizer steps (0 = only at epoch ends)
     eval_every_epochs: int = 1  # evaluate every N epochs (and always after the last)
@@ -165,7 +184,7 @@ class Recipe:
         check_fields(self)  # also builds Recipe(progressive={...}) from the dict
         for key in ("epochs", "batch_size", "eval_batch_size", "eval_every_epochs", "max_nonfinite_steps"):
             require(getattr(self, key) >= 1, key, "must be an integer >= 1", getattr(self, key))
-        for key in ("randaug_ops", "checkpoint_every_steps", "num_workers", "seed"):
+        for key in ("randaug_ops", "checkpoint_every_steps", "num_workers", "seed", "max_steps"):
             require(getattr(self, key) >= 0, key, "must be an integer >= 0", getattr(self, key))
         for key in ("weight_decay", "warmup_epochs", "grad_clip", "time_budget_s"):
             require(getattr(self, key) >= 0, key, "must be >= 0", getattr(self, key))
@@ -190,6 +209,9 @@ class Recipe:
         require(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)", self.label_smoothing)
         require(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 = off)", self.ema_decay)
         require(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)", self.val_fraction)
+        lo, hi = self.crop_scale
+        require(0 < lo <= hi <= 1, "crop_scale", "must be [min, max] with 0 < min <= max <= 1", list(self.crop_scale))
+        require(0 <= self.cutout <= 1, "cutout", "must be in [0, 1] (0 = off)", self.cutout)
         require(
             self.eval_size is None or self.eval_size >= 1,
             "eval_size",

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
+from .autoaugment import OfficialAutoAugment
 from .randaugment import OfficialRandAugment
 
 # torchvision's RandAugment (randaug_impl="torchvision") draws one op for a whole tensor batch, so
@@ -27,6 +28,12 @@ RANDAUG_CHUNK = 8
 RANDAUG_FILL = 128
 
 CROPS = ("auto", "pad_crop", "random_resized", "none")
+AUGMENTS = ("randaugment", "autoaugment", "none")  # the recipe's ``augment``: the per-image policy
+
+# random_resized crop area range: torchvision's / EfficientNetV1's default (preprocess_legacy.py:96 @6a54c87),
+# and the official V2 ImageNet training crop (preprocessing.py:32-37 @6a54c87: area_range=(0.05, 1.0))
+CROP_SCALE = (0.08, 1.0)
+OFFICIAL_CROP_SCALE = (0.05, 1.0)
 
 
 # --------------------------------------------------------------------------- RandAugment
@@ -168,14 +175,21 @@ def random_resized_boxes(
     return torch.stack([left, top, left + cw, top + ch], dim=1)
 
 
-def random_resized_crop_flip(x: torch.Tensor, gen: torch.Generator, *, size: int, hflip: bool) -> torch.Tensor:
+def random_resized_crop_flip(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    *,
+    size: int,
+    hflip: bool,
+    scale: tuple[float, float] = CROP_SCALE,
+) -> torch.Tensor:
     """(B, C, H, W) -> float (B, C, size, size): per-sample RandomResizedCrop (+ flip) in one op.
 
     roi_align with aligned=True samples the box exactly, bilinearly, averaging ceil(box / size)
     points per output pixel, so a downscale is anti-aliased.
     """
     B, C, H, W = x.shape
-    boxes = random_resized_boxes(B, H, W, gen)
+    boxes = random_resized_boxes(B, H, W, gen, scale=tuple(scale))
     flip = torch.rand(B, generator=gen) < 0.5 if hflip else None
     rois = torch.cat([torch.arange(B, dtype=torch.float32)[:, None], boxes], dim=1).to(x.device)
     out = roi_align(x.float(), rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
@@ -290,6 +304,34 @@ def mix_batch(
     return cutmix(x, soft, cutmix_boxes(B, H, W, cutmix_alpha, gen))
 
 
+# --------------------------------------------------------------------------- fine-tuning cutout
+# The official fine-tuning augmentation (augname 'ft', preprocessing.py:73-107 @6a54c87): resize to
+# (size, size), random flip, then ``autoaugment.cutout(image, pad_size=image_size // 4, replace=noise)``
+# (preprocessing.py:102-106): a square of side 2 * pad_size = half the image, its centre uniform over
+# the image (so it is clipped at the borders, autoaugment.py:145-163), filled with
+# ``tf.random.uniform(image.shape, 0, 1)`` in the normalised [-1, 1] space, i.e. pixels
+# 127.5 + 127.5 u, u ~ U[0, 1) per pixel and channel (what those values are before the (x/255 - 0.5) / 0.5
+# normalisation, preprocessing.py:82-83).
+def cutout_pad(image_size: int, fraction: float) -> int:
+    """The official ``pad_size`` for a square of side ``fraction`` x size: fraction 0.5 -> size // 4."""
+    return int(fraction * image_size) // 2
+
+
+def cutout_noise(x: torch.Tensor, gen: torch.Generator, fraction: float) -> torch.Tensor:
+    """float (B, C, H, W) on the 0..255 scale -> the same with one noise-filled square per image (see above)."""
+    B, C, H, W = x.shape
+    pad = cutout_pad(min(H, W), fraction)
+    if pad <= 0 or B == 0:
+        return x
+    cy = torch.randint(0, H, (B,), generator=gen)[:, None]
+    cx = torch.randint(0, W, (B,), generator=gen)[:, None]
+    rows = (torch.arange(H)[None] >= cy - pad) & (torch.arange(H)[None] < cy + pad)  # (B, H)
+    cols = (torch.arange(W)[None] >= cx - pad) & (torch.arange(W)[None] < cx + pad)  # (B, W)
+    box = (rows[:, :, None] & cols[:, None, :])[:, None].to(x.device)  # (B, 1, H, W)
+    noise = torch.rand(B, C, H, W, generator=gen).mul_(127.5).add_(127.5).to(x.device, x.dtype)
+    return torch.where(box, noise, x.float() if not x.is_floating_point() else x)
+
+
 # --------------------------------------------------------------------------- normalisation
 def norm_stats(
     mean: Sequence[float], std: Sequence[float], channels: int, device: torch.device
@@ -311,11 +353,16 @@ def file_train_transform(
     randaug_ops: int,
     randaug_magnitude: float,
     randaug_impl: str = "official",
+    crop_scale: tuple[float, float] = CROP_SCALE,
+    augment: str = "randaugment",
 ) -> v2.Compose:
-    """uint8 (3, H, W) of any size -> uint8 (3, S, S), torchvision v2 per sample."""
+    """uint8 (3, H, W) of any size -> uint8 (3, S, S), torchvision v2 per sample.
+
+    Crop (random_resized: area in ``crop_scale``, aspect 3/4..4/3), flip, then the ``augment`` policy.
+    """
     steps: list[v2.Transform] = []
     if crop in ("auto", "random_resized"):
-        steps.append(v2.RandomResizedCrop(image_size, antialias=True))
+        steps.append(v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), antialias=True))
     elif crop == "pad_crop":
         steps += [
             v2.Resize((image_size, image_size), antialias=True),
@@ -325,18 +372,40 @@ def file_train_transform(
         steps.append(v2.Resize((image_size, image_size), antialias=True))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
-    if randaug_ops > 0 and randaug_magnitude > 0:
+    if augment == "autoaugment":
+        steps.append(OfficialAutoAugment())
+    elif augment == "randaugment" and randaug_ops > 0 and randaug_magnitude > 0:
         steps.append(make_randaugment(randaug_impl, randaug_ops, randaug_magnitude))
     return v2.Compose(steps)
 
 
-# Eval resize: below this size the shorter side goes to size / EVAL_CROP_PCT, then a centre crop
-# (the official code's rule: centre-crop only below 320 px); from it up, a direct resize.
-EVAL_CROP_PCT = 0.875
+# Eval resize, the official rule (preprocessing.py:58-70 @6a54c87): below 320 px a centre crop of
+# size / (size + 32) of the shorter side (``ratio = image_size / (image_size + 32)  # for imagenet.``,
+# line 64), resized to size; from 320 px up no crop, a direct resize to (size, size) (line 60). Done
+# here as the shorter side resized to size + 32, then a centre crop of size: the same region, with
+# torchvision's ops. Below 224 px (no official config evaluates there) the fraction stays at 0.875,
+# the 224 px value: the formula, meant for ImageNet sizes, would keep only half of a 32 px image.
 EVAL_CENTER_CROP_BELOW = 320
+EVAL_CROP_MARGIN = 32
+EVAL_CROP_MIN_FRACTION = 0.875  # = 224 / (224 + 32)
+
+
+def eval_crop_fraction(image_size: int) -> float:
+    """The fraction of the shorter side the eval crop keeps: size / (size + 32) from 224 to 319 px,
+    1 from 320 px up, 0.875 below 224 px."""
+    if image_size >= EVAL_CENTER_CROP_BELOW:
+        return 1.0
+    return max(image_size / (image_size + EVAL_CROP_MARGIN), EVAL_CROP_MIN_FRACTION)
+
+
+def eval_resize_size(image_size: int) -> int:
+    """The shorter side before the centre crop (below 320 px): size + 32, or int(size / 0.875) below 224 px."""
+    if image_size / (image_size + EVAL_CROP_MARGIN) >= EVAL_CROP_MIN_FRACTION:
+        return image_size + EVAL_CROP_MARGIN
+    return int(image_size / EVAL_CROP_MIN_FRACTION)
 
 
 def file_eval_transform(image_size: int) -> v2.Compose:
     if image_size < EVAL_CENTER_CROP_BELOW:
-        return v2.Compose([v2.Resize(int(image_size / EVAL_CROP_PCT), antialias=True), v2.CenterCrop(image_size)])
+        return v2.Compose([v2.Resize(eval_resize_size(image_size), antialias=True), v2.CenterCrop(image_size)])
     return v2.Compose([v2.Resize((image_size, image_size), antialias=True)])

@@ -162,6 +162,26 @@ def load_folder(root: str, *, val_fraction: float, split_seed: int) -> FileSplit
     return FileSplits(train, val, None, classes, skipped, _holdout_note(val_fraction, split_seed))
 
 
+def median_short_side(paths: list[str], *, limit: int = 256) -> tuple[int, int]:
+    """(median shorter side in px, images read) over an evenly spaced sample of at most ``limit``
+    of ``paths``, from the image headers only (no pixel is decoded); files that fail to open are
+    left out. (0, 0) when none opens."""
+    from PIL import Image
+
+    k = min(len(paths), max(1, limit))
+    sides = []
+    for path in [paths[i * len(paths) // k] for i in range(k)]:
+        try:
+            with Image.open(path) as img:
+                sides.append(min(img.size))
+        except Exception:  # scanned as readable, yet gone or broken now: the decode step reports it
+            continue
+    if not sides:
+        return 0, 0
+    sides.sort()
+    return int(sides[(len(sides) - 1) // 2]), len(sides)
+
+
 def _sorted_labels(names: set[str]) -> list[str]:
     if names and all(n.lstrip("-").isdigit() for n in names):
         return sorted(names, key=int)

@@ -8,7 +8,7 @@ Training (``train_batches``):
 - randomness: in-memory sets draw batch b's crops, flips, RandAugment ops and MixUp/CutMix from
   seeds derived from (seed, epoch, b, rank); file sets draw each sample's crop/flip/RandAugment
   from a seed derived from (seed, epoch, position of the sample in the epoch order), in whichever
-  worker decodes it, and MixUp/CutMix in the main process from (seed, epoch, b, rank). So the
+  worker decodes it, and cutout and MixUp/CutMix in the main process from (seed, epoch, b, rank). So the
   batches do not depend on num_workers, and ``start_batch=k`` yields exactly the batches k, k+1,
   ... of a full pass without computing the skipped ones.
 - ``Batch.y`` is int64 (B,) hard labels when both mix alphas are 0, else float (B, num_classes)
@@ -35,9 +35,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UsageError
 from .augment import (
+    AUGMENTS,
+    CROP_SCALE,
     CROPS,
     RANDAUG_IMPLS,
     ScaledRandAugment,
+    cutout_noise,
     file_eval_transform,
     file_train_transform,
     mix_batch,
@@ -48,6 +51,7 @@ from .augment import (
     resize_batch,
     to_uint8,
 )
+from .autoaugment import autoaugment
 from .decode import BadImage, decode_rgb
 from .imagesets import FileImageSet, ImageSet, TensorImageSet
 from .order import (
@@ -124,11 +128,24 @@ def train_batches(
     hflip: bool = True,
     crop: str = "auto",
     channels_last: bool = False,
+    crop_scale: tuple[float, float] = CROP_SCALE,
+    augment: str = "randaugment",
+    cutout: float = 0.0,
 ) -> Iterator[Batch]:
-    """The batches of one training epoch for this rank, from batch ``start_batch`` on (see module doc)."""
+    """The batches of one training epoch for this rank, from batch ``start_batch`` on (see module doc).
+
+    Per image: the crop (``crop``; random_resized draws its area from ``crop_scale``), the flip, then
+    the ``augment`` policy ("randaugment" at ``randaug_magnitude``, "autoaugment": the official policy
+    v0, "none"), then with ``cutout`` > 0 one noise-filled square of side cutout x size (the official
+    fine-tuning augmentation, ``augment.cutout_noise``), then MixUp/CutMix over the batch.
+    """
     _check_common(imageset, batch_size, image_size, rank, world_size, num_workers)
     if crop not in CROPS:
         raise UsageError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
+    if augment not in AUGMENTS:
+        raise UsageError(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+    if not (0 < crop_scale[0] <= crop_scale[1] <= 1) or not 0 <= cutout <= 1:
+        raise UsageError(f"crop_scale must be 0 < min <= max <= 1 and cutout in [0, 1], got {crop_scale}, {cutout}")
     if randaug_magnitude < 0 or randaug_ops < 0 or mixup_alpha < 0 or cutmix_alpha < 0 or num_classes < 1:
         raise UsageError(
             "randaug_magnitude, randaug_ops, mixup_alpha and cutmix_alpha must be >= 0 and num_classes >= 1"
@@ -147,7 +164,8 @@ def train_batches(
     plan = _TrainPlan(perm, seed, epoch, start_batch, steps, batch_size, rank, world_size)
     if randaug_impl not in RANDAUG_IMPLS:
         raise UsageError(f"randaug_impl must be one of {', '.join(RANDAUG_IMPLS)}, got {randaug_impl!r}")
-    use_ra = randaug_ops > 0 and randaug_magnitude > 0
+    use_ra = augment == "randaugment" and randaug_ops > 0 and randaug_magnitude > 0
+    use_aa = augment == "autoaugment"
     tv_ra = ScaledRandAugment(randaug_ops, randaug_magnitude) if use_ra and randaug_impl == "torchvision" else None
     mix = {"mixup_alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha, "num_classes": num_classes}
 
@@ -163,7 +181,11 @@ def train_batches(
                     x = randaugment_chunks(to_uint8(x), tv_ra)
             else:
                 x = randaugment(to_uint8(x), randaug_ops, randaug_magnitude, gen)
+        elif uint8_ops and use_aa:
+            x = autoaugment(to_uint8(x), gen)
         x = x.float()
+        if cutout > 0:  # its own generator: the RandAugment and mixing draws stay what they were
+            x = cutout_noise(x, generator(derive_seed(seed, epoch, b, rank, "cutout")), cutout)
         if mixup_alpha > 0 or cutmix_alpha > 0:
             x, y = mix_batch(x, y, gen=gen, **mix)
         return x, y
@@ -179,7 +201,7 @@ def train_batches(
                 x = pad_crop_flip(x, gen, pad=x.shape[-1] // 8, hflip=hflip)
                 x = x if x.shape[-2:] == (image_size, image_size) else resize_batch(x, image_size)
             elif kind == "random_resized":
-                x = random_resized_crop_flip(x, gen, size=image_size, hflip=hflip)
+                x = random_resized_crop_flip(x, gen, size=image_size, hflip=hflip, scale=crop_scale)
             else:
                 x = pad_crop_flip(x, gen, pad=0, hflip=hflip)
                 x = x if x.shape[-2:] == (image_size, image_size) else resize_batch(x, image_size)
@@ -195,6 +217,8 @@ def train_batches(
         randaug_ops=randaug_ops,
         randaug_magnitude=randaug_magnitude,
         randaug_impl=randaug_impl,
+        crop_scale=crop_scale,
+        augment=augment,
     )
     loader = _file_loader(imageset, transform, plan.sample_batches(), image_size, num_workers, dev, train=True)
 
@@ -363,11 +387,14 @@ def eval_batches(
     mean: Sequence[float] = (0.5,),
     std: Sequence[float] = (0.5,),
     channels_last: bool = False,
+    file_transform=None,
 ) -> Iterator[Batch]:
     """This rank's shard of ``imageset`` in order, in batches of ``batch_size`` (the last may be smaller).
 
     In-memory sets are resized directly to ``image_size``; files get the shorter side resized to
-    image_size / 0.875 and a centre crop below 320 px, a direct resize from 320 px up.
+    image_size / 0.875 and a centre crop below 320 px, a direct resize from 320 px up, or
+    ``file_transform`` (uint8 (C, H, W) -> (C, image_size, image_size)) when given: a model's
+    DataConfig (``effv2.inference.data_config``).
     """
     _check_common(imageset, batch_size, image_size, rank, world_size, num_workers)
     dev = torch.device(device)
@@ -391,7 +418,8 @@ def eval_batches(
         return (one(r) for r in chunks)
 
     sampler = [[(i, None) for i in r] for r in chunks]
-    loader = _file_loader(imageset, file_eval_transform(image_size), sampler, image_size, num_workers, dev, train=False)
+    transform = file_transform if file_transform is not None else file_eval_transform(image_size)
+    loader = _file_loader(imageset, transform, sampler, image_size, num_workers, dev, train=False)
 
     def file_batches() -> Iterator[Batch]:
         batches = iter(loader)

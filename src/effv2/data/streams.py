@@ -35,6 +35,9 @@ class Augment:
     randaug_impl: str = "official"  # "official" or "torchvision" (loader.train_batches)
     randaug_scale: float = 1.0  # x the stage's RandAugment magnitude (0: off; a weak view for a teacher)
     mix: bool = True  # Mixup/CutMix at the stage's alphas (needs labels)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # random_resized area range (loader.train_batches)
+    augment: str = "randaugment"  # the per-image policy: "randaugment", "autoaugment" or "none"
+    cutout: float = 0.0  # noise-filled square of side cutout x size per image (0 = off)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,9 @@ def _batches(stream: Stream, ctx: StepContext, *, seed: int, epoch: int, start_b
         hflip=a.hflip,
         crop=a.crop,
         channels_last=ctx.channels_last,
+        crop_scale=a.crop_scale,
+        augment=a.augment,
+        cutout=a.cutout,
     )
 
 

@@ -31,7 +31,9 @@ class DataConfig:
     """How an image becomes the model's input.
 
     ``crop_mode`` "center": shorter side resized to ``floor(size / crop_fraction)``, then a centre
-    crop of ``size``; "squash": resized to (size, size) (``crop_fraction`` must be 1).
+    crop of ``size`` (torchvision's ImageClassification, timm's default); "squash": both sides
+    resized to ``floor(size / crop_fraction)`` (the aspect ratio is not kept), then a centre crop of
+    ``size`` (timm's ``crop_mode="squash"``; with crop_fraction 1 a direct resize).
     ``mean`` / ``std`` are on the 0..1 scale, 1 or C values.
     """
 
@@ -53,8 +55,6 @@ class DataConfig:
             raise UsageError(f"data config: interpolation {self.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
         if self.crop_mode not in CROP_MODES:
             raise UsageError(f"data config: crop_mode {self.crop_mode!r}; valid: {', '.join(CROP_MODES)}")
-        if self.crop_mode == "squash" and self.crop_fraction != 1:
-            raise UsageError("data config: crop_mode 'squash' needs crop_fraction 1")
         if not self.mean or len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
             raise UsageError(f"data config: mean/std need equal lengths and std > 0, got {self.mean}, {self.std}")
 
@@ -62,10 +62,10 @@ class DataConfig:
     @classmethod
     def effv2_eval(cls, size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> DataConfig:
         """What effv2's eval loader does to image files at ``size`` (``data.augment.file_eval_transform``)."""
-        from ..data.augment import EVAL_CENTER_CROP_BELOW, EVAL_CROP_PCT
+        from ..data.augment import EVAL_CENTER_CROP_BELOW, eval_crop_fraction
 
-        if size < EVAL_CENTER_CROP_BELOW:
-            return cls(size, EVAL_CROP_PCT, "bilinear", tuple(mean), tuple(std), "center")
+        if size < EVAL_CENTER_CROP_BELOW:  # the official size / (size + 32) (augment.eval_crop_fraction)
+            return cls(size, eval_crop_fraction(size), "bilinear", tuple(mean), tuple(std), "center")
         return cls(size, 1.0, "bilinear", tuple(mean), tuple(std), "squash")
 
     @classmethod
@@ -102,17 +102,31 @@ class DataConfig:
             raise UsageError(f"data config: malformed ({exc})") from None
 
     # -- transforms ---------------------------------------------------------------------------------
-    def resize_transform(self) -> v2.Transform:
+    def resize_transform(self) -> Any:
         """uint8 (C, H, W) of any size -> uint8 (C, size, size)."""
         from ..data.augment import file_eval_transform
 
         if self == DataConfig.effv2_eval(self.size, self.mean, self.std):
             return file_eval_transform(self.size)  # eval's own transform object, not a copy of it
-        mode = v2.InterpolationMode(self.interpolation)
+        # torchvision's own tensor ops, the ones its weights' ImageClassification transform applies
+        # (v2's uint8 bilinear kernel rounds differently, by one level on ~20% of the pixels)
+        from torchvision import transforms as tv1
+
+        mode = tv1.InterpolationMode(self.interpolation)
+        resize = self.resize_size
         if self.crop_mode == "squash":
-            return v2.Compose([v2.Resize((self.size, self.size), interpolation=mode, antialias=True)])
-        resize = math.floor(self.size / self.crop_fraction)
-        return v2.Compose([v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(self.size)])
+            if resize == self.size:
+                return tv1.Compose([tv1.Resize((self.size, self.size), interpolation=mode, antialias=True)])
+            return tv1.Compose(
+                [tv1.Resize((resize, resize), interpolation=mode, antialias=True), tv1.CenterCrop(self.size)]
+            )
+        return tv1.Compose([tv1.Resize(resize, interpolation=mode, antialias=True), tv1.CenterCrop(self.size)])
+
+    @property
+    def resize_size(self) -> int:
+        """``floor(size / crop_fraction)``, as timm computes it; the 1e-6 keeps a fraction written as
+        crop / resize (torchvision's 224 / 232) from flooring to one pixel less."""
+        return math.floor(self.size / self.crop_fraction + 1e-6)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) or (C, H, W) -> float, as the loaders do (``data.augment.norm_stats``)."""

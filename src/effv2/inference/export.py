@@ -113,7 +113,7 @@ def _export_onnx(folded: torch.nn.Module, x: torch.Tensor, out: Path, cfg: dict,
 
 
 def export_model(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     fmt: str,
     out: str | Path,
     *,
@@ -123,8 +123,10 @@ def export_model(
     tol: float = DEFAULT_TOL,
     n_check: int = 4,
     check_images: list[str | Path] | None = None,
+    pretrained: str | None = None,
 ) -> ExportReport:
-    """Export ``checkpoint`` (a checkpoint file, run folder or model folder) as ``fmt`` to ``out``, then check it."""
+    """Export ``checkpoint`` (a checkpoint file, run folder or model folder) or the ``pretrained``
+    SOURCE (:mod:`effv2.inference.pretrained`) as ``fmt`` to ``out``, then check it."""
     from ..models.fuse import fold_bn
     from ..runtime import resolve_device
     from ..training.inference import load_for_inference
@@ -134,7 +136,12 @@ def export_model(
     out = Path(out)
     if fmt != "folder" and out.is_dir():
         raise UsageError(f"{out}: is a folder; give a file path (e.g. model{SUFFIX[fmt]})")
-    loaded = load_for_inference(checkpoint)
+    if pretrained is not None:
+        from .pretrained import resolve_pretrained
+
+        loaded = resolve_pretrained(pretrained).loaded()
+    else:
+        loaded = load_for_inference(checkpoint)
     dc = loaded.data_config.with_size(size) if size else loaded.data_config
     dev = resolve_device(device)
     ref_model = loaded.model.eval().to(dev)
@@ -190,7 +197,7 @@ def export_model(
         from .folder import write_model_folder
         from .load import load
 
-        write_model_folder(checkpoint, out)
+        write_model_folder(checkpoint, out, loaded=loaded if pretrained is not None else None)
         back = load(out).to(dev)
         if back.data_config != loaded.data_config:
             raise ExportMismatch(f"{out}: the model folder's data config differs: {back.data_config}")

@@ -129,8 +129,11 @@ def model_card_markdown(config: dict[str, Any], *, recipe: Any, state: dict, sum
     return "\n".join(lines) + "\n"
 
 
-def write_model_folder(checkpoint_or_run_dir: str | Path, out_dir: str | Path, *, prefer_ema: bool = True) -> Path:
-    """Write ``out_dir`` as a model folder from a checkpoint file, a run folder or another model folder.
+def write_model_folder(
+    checkpoint_or_run_dir: str | Path | None, out_dir: str | Path, *, prefer_ema: bool = True, loaded: Any = None
+) -> Path:
+    """Write ``out_dir`` as a model folder from a checkpoint file, a run folder or another model folder,
+    or from an already ``loaded`` model (a ``--pretrained`` SOURCE: ``Pretrained.loaded()``).
 
     Refuses a non-empty ``out_dir`` that is not already a model folder (one is overwritten).
     Returns ``out_dir``.
@@ -138,12 +141,16 @@ def write_model_folder(checkpoint_or_run_dir: str | Path, out_dir: str | Path, *
     from ..models.flops import count_params
     from ..training.inference import MODEL_FOLDER_FILES, is_model_folder, load_for_inference
 
-    src, out = Path(checkpoint_or_run_dir), Path(out_dir)
+    out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_model_folder(out))):
         raise UsageError(f"{out}: exists and is not an (empty) model folder; choose a new path")
-    loaded = load_for_inference(src, prefer_ema=prefer_ema)
+    if loaded is None:
+        src = Path(checkpoint_or_run_dir)
+        loaded = load_for_inference(src, prefer_ema=prefer_ema)
+        run_dir = _run_dir_of(src, loaded.path)
+    else:
+        src, run_dir = loaded.meta.get("pretrained") or loaded.path, None
     config = model_config(loaded)
-    run_dir = _run_dir_of(src, loaded.path)
     summary = _read_json(run_dir / "summary.json") if run_dir else {}
     meta = loaded.meta
     state = meta.get("state") if isinstance(meta.get("state"), dict) else {}

@@ -27,10 +27,12 @@ def load(path: str | Path, *, prefer_ema: bool = True) -> torch.nn.Module:
 
     ``model.data_config`` (:class:`DataConfig`), ``model.classes`` and ``model.transform`` (a PIL image
     -> float (C, S, S) tensor, preprocessed as ``effv2 eval`` / ``predict`` do) come with it.
+    ``path`` may also be any ``--pretrained`` SOURCE (timm / torchvision files and folders,
+    ``timm:NAME``, ``torchvision:NAME``; :mod:`effv2.inference.pretrained`).
     """
-    from ..training.inference import load_for_inference
+    from .pretrained import resolve_pretrained
 
-    loaded = load_for_inference(path, prefer_ema=prefer_ema)
+    loaded = resolve_pretrained(path, prefer_ema=prefer_ema).loaded()
     model = loaded.model.eval()
     model.data_config = loaded.data_config
     model.classes = list(loaded.classes)
@@ -82,7 +84,16 @@ def onnx_session(path: str | Path, device: str = "cpu") -> Any:
         raise UsageError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
 
 
-def open_predictor(path: str | Path, device: str = "auto", batch_size: int = 1) -> Predictor:
+def open_predictor(
+    path: str | Path | None, device: str = "auto", batch_size: int = 1, *, pretrained: str | None = None
+) -> Predictor:
+    """A checkpoint, run folder, model folder or exported file at ``path``, or a ``pretrained`` SOURCE."""
+    if pretrained is not None:
+        from ..runtime import resolve_runtime
+        from .pretrained import resolve_pretrained
+
+        loaded = resolve_pretrained(pretrained).loaded()
+        return _torch_predictor(loaded, resolve_runtime(device, batch_size=batch_size))
     p = Path(path)
     if p.suffix == ".onnx" and p.is_file():
         sess = onnx_session(p, device)
@@ -127,9 +138,14 @@ def open_predictor(path: str | Path, device: str = "auto", batch_size: int = 1) 
             run_pt2,
             cfg.get("weights", "model"),
         )
-    from ..training.inference import fast_inference_model, load_for_inference
+    from ..training.inference import load_for_inference
 
-    loaded = load_for_inference(p)
+    return _torch_predictor(load_for_inference(p), runtime)
+
+
+def _torch_predictor(loaded: Any, runtime: Any) -> Predictor:
+    from ..training.inference import fast_inference_model
+
     model = fast_inference_model(loaded.model, runtime)
 
     def run_torch(x: torch.Tensor) -> torch.Tensor:

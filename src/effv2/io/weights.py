@@ -37,6 +37,9 @@ def save_weights(
             meta["spec"] = model_or_state.spec.to_dict()
             meta["num_classes"] = model_or_state.num_classes
             meta["in_chans"] = model_or_state.in_chans
+        data_config = getattr(model_or_state, "data_config", None)  # converted weights: the source's preprocessing
+        if data_config is not None:
+            meta["data_config"] = data_config.to_dict()
     else:
         state, meta = model_or_state, {}
     meta.update(_versions())

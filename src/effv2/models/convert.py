@@ -11,7 +11,11 @@ of both models must be covered, and the first disagreement is reported by name.
 What a conversion keeps from the source besides the tensors: the BatchNorm eps (timm's non-``tf_``
 models use PyTorch's 1e-5, the others 1e-3), the padding (``tf_`` models use TF 'SAME'), the number
 of classes and input channels (read from the classifier and stem), and the preprocessing the source
-weights were trained with (mean, std, interpolation, eval size), which goes into the model card.
+weights were trained with: mean, std, interpolation and eval size go into the model card, and the
+whole eval preprocessing (:func:`source_data_config`: size, crop fraction, crop mode, interpolation,
+mean, std, from timm's ``pretrained_cfg`` or torchvision's ``weights.transforms()``) is set as
+``model.data_config``, which ``save_weights`` records in the file's metadata, so eval, predict,
+export and fine-tuning preprocess as the source library does.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..inference.data_config import DataConfig
 from ..io.weights import check_compatible
 from .efficientnetv2 import EfficientNetV2
 from .registry import get_card
@@ -318,6 +323,36 @@ def source_preprocessing(arch: SourceArch, module: nn.Module | None = None) -> d
     }
 
 
+def source_data_config(arch: SourceArch, module: nn.Module | None = None, weights: Any = None) -> DataConfig | None:
+    """The eval preprocessing the source library publishes for these weights, as a DataConfig.
+
+    timm: the model's ``pretrained_cfg`` (else the architecture's default one) at its test size, as
+    timm's ``resolve_data_config(use_test_size=True)`` reads it (``test_crop_pct`` when given, else
+    ``crop_pct``; ``crop_mode``). torchvision: ``weights.transforms()`` of ``weights`` (default: the
+    architecture's DEFAULT weights): crop size, crop / resize size, interpolation, mean, std.
+    ``None`` when the source publishes nothing.
+    """
+    if arch.source == "timm":
+        cfg = getattr(module, "pretrained_cfg", None)
+        if not cfg:
+            cfg = _import_timm().get_pretrained_cfg(arch.name)
+            cfg = cfg.to_dict() if cfg is not None else {}
+        if not cfg or "mean" not in cfg:
+            return None
+        size = int((cfg.get("test_input_size") or cfg["input_size"])[-1])
+        crop = float(cfg.get("test_crop_pct") or cfg.get("crop_pct") or 0.875)  # timm's DEFAULT_CROP_PCT
+        mode = "squash" if cfg.get("crop_mode") == "squash" else "center"
+        interp = str(cfg.get("interpolation", "bicubic"))
+        interp = interp if interp in ("nearest", "bilinear", "bicubic") else "bicubic"
+        return DataConfig(size, crop, interp, tuple(cfg["mean"]), tuple(cfg["std"]), mode)
+    import torchvision
+
+    w = weights if weights is not None else torchvision.models.get_model_weights(arch.name).DEFAULT
+    tf = w.transforms()
+    crop, resize = int(tf.crop_size[0]), int(tf.resize_size[0])
+    return DataConfig(crop, crop / resize, tf.interpolation.value, tuple(tf.mean), tuple(tf.std), "center")
+
+
 def _resolve_names(source: str, module: nn.Module | None, model: str | None, src_name: str | None) -> SourceArch:
     if source not in SOURCES:
         raise ConversionError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
@@ -402,6 +437,9 @@ def _convert_module(arch: SourceArch, src: nn.Module) -> EfficientNetV2:
             drop_path_rate=card.drop_path,
             card=card,
         )
+    # the source's whole eval preprocessing; save_weights records it (crop fraction and mode are
+    # not card fields). 1-channel weights have no published RGB preprocessing.
+    dst.data_config = source_data_config(arch, src) if in_chans == 3 else None
     mapped = map_state_dict(src, dst)
     own = dst.state_dict()
     # A fresh CPU tensor per entry, in the target's dtype: the result never shares memory with src.

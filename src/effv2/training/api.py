@@ -16,17 +16,20 @@ import torch
 
 from .. import __version__
 from ..config import Recipe, recipe_from_dict, recipe_to_dict, resolve_recipe
+from ..config.fitted import measure_facts
 from ..config.values import parse_duration
 from ..data.order import derive_seed
-from ..data.sources import DataBundle, load_source
+from ..data.sources import DataBundle, list_sources, load_source
 from ..errors import UsageError
-from ..models import get_card
+from ..inference.pretrained import Pretrained, is_named, resolve_pretrained
+from ..models import create_model, get_card
 from ..runtime import deterministic as deterministic_mode
 from ..runtime import resolve_runtime
 from ..runtime.distributed import barrier, cleanup, gather_objects
 from .budget import plan_budget
-from .build import build_model, build_parts, channel_stats, seed_everything
+from .build import adapt_and_load, build_model, build_parts, channel_stats, init_overrides, seed_everything
 from .callbacks import Callback
+from .logging_sinks import logging_callbacks, parse_log
 from .run_folder import absolute, check_out_dir, check_resume, data_fingerprint, read_config, run_lock, write_config
 from .state import RunInfo
 from .trainer import Trainer
@@ -59,11 +62,11 @@ def _resume_config(out: Path, epochs: int | None, given: dict[str, Any]) -> tupl
     cfg = read_config(out)
     rec = recipe_from_dict(cfg["recipe"])
     if epochs is not None and epochs != rec.epochs:
-        rec = replace(rec, epochs=epochs)
+        rec = replace(rec, epochs=epochs, max_steps=0)  # a budget plan's step cap no longer applies
         cfg["recipe"] = recipe_to_dict(rec)
         cfg.setdefault("layers", {})[f"resume@{time.strftime('%Y-%m-%dT%H:%M:%S')}"] = {
             "source": "--resume --epochs",
-            "set": {"epochs": epochs},
+            "set": {"epochs": epochs, "max_steps": 0},
         }
     return cfg, rec
 
@@ -86,12 +89,19 @@ def train(
     init: str | None = None,
     overwrite: bool = False,
     callbacks: list[Callback] | tuple[Callback, ...] = (),
+    pretrained: str | None = None,
+    log: str | list[str] | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``data`` into ``out_dir`` and return the run's summary.
 
     With ``resume=True`` the model, data and recipe come from ``out_dir/config.json`` and training
     continues from ``out_dir/checkpoints/last.safetensors`` (``epochs`` may extend the run; any
     other option is refused). ``overwrite`` lets a new run use a non-empty folder that is not a run.
+    ``init`` / ``pretrained``: start from these weights (any ``--pretrained`` SOURCE:
+    effv2.inference.pretrained); the run trains and evaluates with their mean/std, and ``model``
+    defaults to their architecture.
+    ``log``: where metrics go besides metrics.jsonl and curves.png (``"csv"``, ``"tensorboard"``,
+    both, or ``"none"``; logging_sinks.py); None: csv, or on resume what the run was started with.
     """
     out = Path(out_dir).expanduser().absolute()
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -114,6 +124,8 @@ def train(
             download=download,
             init=init,
             callbacks=callbacks,
+            log=log,
+            pretrained=pretrained,
         )
 
 
@@ -134,9 +146,12 @@ def _train(
     download,
     init,
     callbacks,
+    log=None,
+    pretrained=None,
 ) -> dict[str, Any]:
     if seed is not None and not 0 <= seed < 2**63:
         raise UsageError(f"--seed {seed}: expected an integer in 0..2**63-1")
+    given_log = parse_log(log) if log is not None else None  # a bad --log: one line before any work
     if resume:
         given = {
             "--model": model,
@@ -146,19 +161,31 @@ def _train(
             "--seed": seed,
             "--deterministic": deterministic,
             "--init": init,
+            "--pretrained": pretrained,
         }
         cfg, rec = _resume_config(out, epochs, given)
-        model, source, init = cfg["model"], cfg["data"], cfg.get("init")
+        model, source, init, pretrained = cfg["model"], cfg["data"], cfg.get("init"), cfg.get("pretrained")
+        start = _start_weights(init, pretrained)  # its padding / BN eps and mean/std; the weights come from last
         data_dir = data_dir or cfg.get("data_dir")
         provenance = cfg.get("layers", {})
         bundle = None
+        sinks = given_log if given_log is not None else parse_log(cfg.get("log"))  # logging never changes the run
+        cfg["log"] = list(sinks)
     else:
+        if init is not None and pretrained is not None:
+            raise UsageError("give --init or --pretrained, not both (both start from weights)")
+        init = absolute(init)
+        if pretrained is not None and not is_named(pretrained):
+            pretrained = absolute(pretrained)
+        start = _start_weights(init, pretrained)  # a bad source: one line before anything else
+        if model is None and start is not None:
+            model = start.model.card.name if start.model.card is not None else None
         if model is None or data is None:
             raise UsageError("--model and --data are required (or --resume RUN_DIR)")
         model = absolute(model) if model.endswith(".json") else model
         get_card(model)  # unknown model -> one-line error before anything else
         source = data.source if isinstance(data, DataBundle) else absolute(str(data))
-        data_dir, init = absolute(data_dir), absolute(init)
+        data_dir = absolute(data_dir)
         extra = dict(overrides) if isinstance(overrides, dict) else list(overrides or [])
         if isinstance(extra, dict):
             if seed is not None:
@@ -173,12 +200,20 @@ def _train(
             extra += [f"deterministic={'true' if deterministic else 'false'}"] if deterministic is not None else []
         rec, provenance = resolve_recipe(recipe, model=model, dataset=source, overrides=extra)
         bundle = data if isinstance(data, DataBundle) else None
+        sinks = given_log if given_log is not None else parse_log(None)
+    callbacks = [*logging_callbacks(sinks), *callbacks]  # a missing tensorboard package: an error before any work
     if bundle is None:
         bundle = load_source(
             source, data_dir=data_dir, download=download, val_fraction=rec.val_fraction, split_seed=rec.seed
         )
     if resume:
         check_resume(out, cfg, bundle)
+    elif not isinstance(data, DataBundle) and source.strip().lower() not in list_sources():
+        # an image folder or CSV has no recipe of its own: resolve again with its measured facts
+        # (the data-fitted layer, config/fitted.py; it never changes val_fraction or seed)
+        rec, provenance = resolve_recipe(
+            recipe, model=model, dataset=source, overrides=extra, fitted=measure_facts(bundle)
+        )
     _validate(rec, model, bundle)
     if rec.batch_size % int(os.environ.get("WORLD_SIZE", "1")):
         raise UsageError(f"batch_size={rec.batch_size} is not divisible by the {os.environ['WORLD_SIZE']} processes")
@@ -200,16 +235,19 @@ def _train(
                 print(f"measuring step times for a {rec.time_budget} budget ...", flush=True)
             # every rank measures (the steps are collective under DDP); rank 0's plan is the plan
             plan = gather_objects(
-                plan_budget(rec, model, bundle, runtime, run_info(rec, model, bundle), budget_s=budget_s), dist
+                plan_budget(rec, model, bundle, runtime, run_info(rec, model, bundle, start), budget_s=budget_s), dist
             )[0]
-            rec = replace(rec, epochs=plan["epochs"], time_budget_s=rec.time_budget_s or budget_s)
+            rec = replace(
+                rec, epochs=plan["epochs"], max_steps=plan["steps"], time_budget_s=rec.time_budget_s or budget_s
+            )
             provenance["plan"] = {
                 "source": f"time budget {rec.time_budget}, measured on this machine",
-                "set": {"epochs": rec.epochs, "time_budget_s": rec.time_budget_s},
+                "set": {"epochs": rec.epochs, "max_steps": rec.max_steps, "time_budget_s": rec.time_budget_s},
             }
             if dist.is_main and not quiet:
                 print(
-                    f"plan: {plan['epochs']} epochs, {plan['planned_s']:.0f}s of {budget_s:.0f}s (step "
+                    f"plan: {plan['steps']} steps ({plan['steps'] / plan['steps_per_epoch']:.2f} epochs), "
+                    f"{plan['planned_s']:.0f}s of {budget_s:.0f}s (step "
                     + ", ".join(f"{1e3 * t:.0f} ms at {sz}px" for t, sz in zip(plan["step_s"], plan["stage_sizes"]))
                     + f"; evaluation {plan['eval_s']:.1f}s)",
                     flush=True,
@@ -225,6 +263,9 @@ def _train(
                         "data": source,
                         "data_dir": data_dir,
                         "init": init,
+                        "pretrained": pretrained,
+                        "init_data_config": start.data_config.to_dict() if start is not None else None,
+                        "log": list(sinks),
                         "recipe": recipe_to_dict(rec),
                         "layers": provenance,
                         "data_fingerprint": data_fingerprint(bundle),
@@ -236,28 +277,38 @@ def _train(
                         "device": str(runtime.device),
                     },
                 )
-                for stale in ("metrics.jsonl", "skipped.jsonl"):
+                for stale in ("metrics.jsonl", "skipped.jsonl", "metrics.csv"):
                     (out / stale).unlink(missing_ok=True)
         barrier(dist)  # no rank starts before the folder is set up and locked
         with deterministic_mode(rec.deterministic):
             trainer = build_trainer(
-                rec, model, bundle, runtime, out, init=init, resume=resume, quiet=quiet, callbacks=callbacks
+                rec, model, bundle, runtime, out, init=start, resume=resume, quiet=quiet, callbacks=callbacks
             )
             return trainer.fit()
     finally:
         cleanup(dist)
 
 
-def run_info(rec: Recipe, model: str, bundle: DataBundle) -> RunInfo:
+def _start_weights(init: str | None, pretrained: str | None) -> Pretrained | None:
+    """The weights a run starts from (``--init`` or ``--pretrained``), converted, with their preprocessing."""
+    if pretrained is not None:
+        return resolve_pretrained(pretrained, flag="--pretrained")
+    return resolve_pretrained(init, flag="--init") if init is not None else None
+
+
+def run_info(rec: Recipe, model: str, bundle: DataBundle, start: Pretrained | None = None) -> RunInfo:
+    """What the run is; with ``start`` weights, their mean/std (a model converted from torchvision is
+    fine-tuned with the ImageNet normalisation it learned, not the card's 0.5/0.5)."""
     card = get_card(model)
+    stats = start.data_config if start is not None else card
     return RunInfo(
         model_name=model,
         classes=list(bundle.classes),
         in_chans=bundle.in_chans,
         train_size=card.train_size,
         eval_size=rec.eval_size or card.eval_size,
-        mean=channel_stats(card.mean, bundle.in_chans),
-        std=channel_stats(card.std, bundle.in_chans),
+        mean=channel_stats(stats.mean, bundle.in_chans),
+        std=channel_stats(stats.std, bundle.in_chans),
         dropout=card.dropout,
         drop_path=card.drop_path,
     )
@@ -270,15 +321,29 @@ def build_trainer(
     runtime,
     out: Path,
     *,
-    init: str | None = None,
+    init: str | Pretrained | None = None,
     resume: bool = False,
     quiet: bool = False,
     callbacks=(),
 ) -> Trainer:
-    """Seed, build the parts (build.py) and hand them to a Trainer."""
+    """Seed, build the parts (build.py) and hand them to a Trainer. ``init``: the start weights
+    (resolved, or a path build_model loads); on resume only their architecture is used."""
     seed_everything(rec.seed)
-    net = build_model(model, num_classes=len(bundle.classes), in_chans=bundle.in_chans, init=init, load_init=not resume)
-    info = run_info(rec, model, bundle)
+    start = init if isinstance(init, Pretrained) else None
+    if start is not None:
+        net = create_model(
+            model,
+            num_classes=len(bundle.classes),
+            in_chans=bundle.in_chans,
+            **init_overrides(start.model.spec, model),
+        )
+        if not resume:
+            adapt_and_load(net, start.model.state_dict(), start.source)
+    else:
+        net = build_model(
+            model, num_classes=len(bundle.classes), in_chans=bundle.in_chans, init=init, load_init=not resume
+        )
+    info = run_info(rec, model, bundle, start)
     parts = build_parts(rec, net, runtime, bundle=bundle)
     if runtime.dist.rank > 0:  # same initial weights everywhere; each rank its own dropout/drop-path masks
         seed_everything(derive_seed(rec.seed, "rank", runtime.dist.rank))

@@ -1,16 +1,24 @@
 """Training to a time budget: measure the real step time at each progressive stage's size, then plan
-the epochs so the whole schedule (warmup, lr decay, every stage, its regularization, EMA) fits.
+the optimizer steps so the whole schedule (warmup, lr decay, every stage, its regularization, EMA)
+fills the budget.
 
-    plan = plan_budget(recipe, model_name, bundle, runtime, info)   # measures, a few seconds
-    recipe = replace(recipe, epochs=plan["epochs"])                 # the plan is recorded in config.json
+    plan = plan_budget(recipe, model_name, bundle, runtime, info)     # measures, a few seconds
+    recipe = replace(recipe, epochs=plan["epochs"], max_steps=plan["steps"])  # recorded in config.json
+
+The plan is step-granular: the last epoch may be partial (``max_steps``), and the lr schedule
+decays to its floor exactly at the planned last step, so a budget is neither overrun nor left
+unused by up to an epoch's worth of time (an epoch-granular plan left ~30% of a 10-minute budget
+unused on a 2-core CPU). Stages stay whole epochs (schedule.stage_bounds over ``epochs``); the
+partial epoch belongs to the last stage.
 
 What is timed is the trainer's own TrainStep on real batches of the data pipeline (RandAugment,
 mixup, loading included) at each stage's image size, warm-up steps excluded, on a throwaway copy
 of the parts (the run itself is built and seeded afterwards, so planning changes none of its
-draws). Evaluation counts against the budget: one evaluation's time is measured on a few batches
+draws). Evaluation counts against the budget: one evaluation's time (both evaluations of an epoch
+while a stage trains below the eval size: trainer.py's ``top1_stage``) is measured on a few batches
 and scaled to the validation set. Once made, the plan is data: ``--resume`` uses the recorded
-epochs, so a resumed run follows the same schedule and stays bitwise exact. The budget is also the
-hard stop (time_budget_s), in case the machine runs slower than when it was measured.
+epochs and steps, so a resumed run follows the same schedule and stays bitwise exact. The budget is
+also the hard stop (time_budget_s), in case the machine runs slower than when it was measured.
 """
 
 from __future__ import annotations
@@ -23,43 +31,71 @@ from ..data.order import steps_per_epoch as count_steps
 from ..data.streams import StepContext, train_steps
 from ..runtime import Runtime, synchronize
 from .evaluate import evaluate
+from .lr import warmup_steps
 from .schedule import all_stages, stage_bounds
 
 MARGIN = 0.05  # plan for 95% of the budget: timing noise on shared machines is 5-10%
 
 
 def planned_seconds(
-    epochs: int, *, stage_step_s: list[float], steps_per_epoch: int, eval_s: float, eval_every: int
+    steps: int,
+    *,
+    stage_step_s: list[float],
+    steps_per_epoch: int,
+    eval_s: float | list[float],
+    eval_every: int = 1,
 ) -> float:
-    """Wall time of a run of ``epochs`` epochs (pure): each stage's epochs x steps x its step time,
-    plus one evaluation every ``eval_every`` epochs and after the last."""
+    """Wall time of a run of ``steps`` optimizer steps (pure). The run has ceil(steps / steps_per_epoch)
+    epochs split into stages as the trainer splits them; each stage's steps cost its step time; one
+    evaluation every ``eval_every`` epochs and after the last, each costing ``eval_s`` (or
+    ``eval_s[stage]``: a stage below the eval size is evaluated twice)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    epochs = -(-steps // steps_per_epoch)
     bounds = stage_bounds(epochs, len(stage_step_s))
-    train = sum((b - a) * steps_per_epoch * s for (a, b), s in zip(bounds, stage_step_s))
-    n_evals = len({e for e in range(eval_every, epochs + 1, eval_every)} | {epochs})
-    return train + n_evals * eval_s
+    per_stage = eval_s if isinstance(eval_s, list) else [eval_s] * len(stage_step_s)
+    train, evals = 0.0, 0.0
+    for (a, b), step_s, ev_s in zip(bounds, stage_step_s, per_stage):
+        n = max(0, min(b * steps_per_epoch, steps) - a * steps_per_epoch)
+        train += n * step_s
+        evals += ev_s * sum(1 for e in range(a + 1, b + 1) if e % eval_every == 0 or e == epochs)
+    return train + evals
 
 
-def plan_epochs(
+def plan_steps(
     budget_s: float,
     *,
     stage_step_s: list[float],
     steps_per_epoch: int,
-    eval_s: float,
+    eval_s: float | list[float],
     eval_every: int = 1,
-    min_epochs: int = 1,
-    max_epochs: int = 100_000,
+    min_steps: int = 1,
+    max_steps: int = 10_000_000,
     margin: float = MARGIN,
 ) -> int:
-    """The most epochs whose planned time fits ``(1 - margin) * budget_s`` (at least ``min_epochs``)."""
+    """The most optimizer steps whose planned time fits ``(1 - margin) * budget_s`` (at least
+    ``min_steps``). Planned time is not monotone in the steps (one more epoch moves whole epochs to
+    the cheaper early stages), but within one epoch count it grows with every step: so each epoch
+    count up to where even the cheapest stage could not fit is searched by bisection."""
     target = (1 - margin) * budget_s
-    best = min_epochs
-    for e in range(min_epochs, max_epochs + 1):
+
+    def fits(n: int) -> bool:
         t = planned_seconds(
-            e, stage_step_s=stage_step_s, steps_per_epoch=steps_per_epoch, eval_s=eval_s, eval_every=eval_every
+            n, stage_step_s=stage_step_s, steps_per_epoch=steps_per_epoch, eval_s=eval_s, eval_every=eval_every
         )
-        if t > target:
-            break
-        best = e
+        return t <= target
+
+    fastest = max(min(stage_step_s), 1e-9)
+    upper = min(max_steps, int(target / fastest) + steps_per_epoch)
+    best = min_steps
+    for epochs in range(1, -(-upper // steps_per_epoch) + 1):
+        lo, hi = max(min_steps, (epochs - 1) * steps_per_epoch + 1), min(upper, epochs * steps_per_epoch)
+        if lo > hi or not fits(lo):
+            continue
+        while lo < hi:  # the largest n in [lo, hi] that fits
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        best = max(best, lo)
     return best
 
 
@@ -162,28 +198,34 @@ def plan_budget(
             channels_last=runtime.channels_last,
         )
         step_s.append(_time_steps(step, _endless(parts.streams, ctx), warm=warm, timed=timed, device=runtime.device))
-    eval_s = _eval_seconds(parts.model, bundle.val, runtime, info, recipe.eval_batch_size, recipe.num_workers)
-    min_epochs = max(1, int(-(-recipe.warmup_epochs // 1)))
-    epochs = plan_epochs(
+    one_eval = _eval_seconds(parts.model, bundle.val, runtime, info, recipe.eval_batch_size, recipe.num_workers)
+    # a stage below the eval size is also evaluated at its own size (top1_stage): scaled by pixels
+    eval_s = [
+        one_eval * (1 + (sp.image_size / info.eval_size) ** 2 if sp.image_size != info.eval_size else 1)
+        for sp in stages
+    ]
+    min_steps = max(1, warmup_steps(steps_per_epoch, recipe) + 1)
+    steps = plan_steps(
         budget_s,
         stage_step_s=step_s,
         steps_per_epoch=steps_per_epoch,
         eval_s=eval_s,
         eval_every=recipe.eval_every_epochs,
-        min_epochs=min_epochs,
+        min_steps=min_steps,
     )
     planned = planned_seconds(
-        epochs, stage_step_s=step_s, steps_per_epoch=steps_per_epoch, eval_s=eval_s, eval_every=recipe.eval_every_epochs
+        steps, stage_step_s=step_s, steps_per_epoch=steps_per_epoch, eval_s=eval_s, eval_every=recipe.eval_every_epochs
     )
     return {
         "budget_s": budget_s,
-        "epochs": epochs,
+        "steps": steps,
+        "epochs": -(-steps // steps_per_epoch),
         "planned_s": round(planned, 2),
         "margin": MARGIN,
         "stage_sizes": [sp.image_size for sp in stages],
         "step_s": [round(s, 5) for s in step_s],
         "steps_per_epoch": steps_per_epoch,
-        "eval_s": round(eval_s, 3),
+        "eval_s": round(one_eval, 3),
         "measured_in_s": round(time.perf_counter() - t_start, 2),
         "evaluation": "counted in the budget",
     }

@@ -28,6 +28,7 @@ from ..runtime import Runtime
 from .ema import make_ema
 from .optim import OptimizerConfig, build_optimizer
 from .step import TrainStep
+from .sync_bn import convert_sync_bn, resolve_sync_bn
 from .tasks import Task, build_task, task_class
 
 
@@ -130,6 +131,9 @@ def build_streams(task: type[Task], recipe: Any, bundle: Any) -> list[Stream]:
         hflip=recipe.hflip,
         randaug_ops=recipe.randaug_ops,
         randaug_impl=getattr(recipe, "randaug_impl", "official"),
+        crop_scale=tuple(getattr(recipe, "crop_scale", (0.08, 1.0))),
+        augment=getattr(recipe, "augment", "randaugment"),
+        cutout=getattr(recipe, "cutout", 0.0),
     )
     return [Stream(name, available[name], augment) for name in task.streams]
 
@@ -141,6 +145,8 @@ def build_parts(
     and memory format here)."""
     name = getattr(recipe, "task", "classify")
     cls = task_class(name)
+    if resolve_sync_bn(getattr(recipe, "sync_bn", False), runtime.dist.world_size, runtime.device.type):
+        model = convert_sync_bn(model, runtime.device.type)  # cross-replica BN (sync_bn.py), before DDP
     runtime.place(model)
     task = build_task(name, model, recipe)
     task.to(runtime.device)

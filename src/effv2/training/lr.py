@@ -4,7 +4,12 @@
              lr = warmup_lr + (peak - warmup_lr) * step / W            (linear; 0 at step 0 by default)
     then, by ``lr_schedule``:
     cosine       over the remaining steps, from peak to min_lr:
-                 lr = min_lr + (peak - min_lr) * (1 + cos(pi * (step - W) / (T - W))) / 2, T = epochs * steps_per_epoch
+                 lr = min_lr + (peak - min_lr) * (1 + cos(pi * (step - W) / (T - W))) / 2, T = total steps
+    linear       straight from peak down to min_lr (0 by default) at the last step:
+                 lr = min_lr + (peak - min_lr) * (1 - (step - W) / (T - W))
+                 (budgeted-training studies, e.g. Li, Yumer & Ramanan, ICLR 2020, find a linear decay to
+                 zero best when the number of steps is set by a budget; measured for the demo in
+                 benchmarks/RESULTS.md)
     exponential  TF's staircase ExponentialDecay, its clock starting at step 0 as in the official code
                  (utils.WarmupLearningRateSchedule; warmup simply overrides the first W steps):
                  lr = max(peak * decay_rate ** floor(step / (steps_per_epoch * decay_epochs)), min_lr)
@@ -12,6 +17,8 @@
     step         the same decay applied at whole-epoch boundaries:
                  lr = max(peak * decay_rate ** floor(epoch / decay_epochs), min_lr), epoch = step // steps_per_epoch
     constant     lr = peak (the official fine-tuning schedule)
+
+T is ``epochs * steps_per_epoch``, or the recipe's ``max_steps`` when that is set (a time-budget plan).
 
 ``peak`` is the ``base_lr`` argument (the trainer passes ``recipe.lr * batch_size / 256``);
 ``warmup_lr`` and ``min_lr`` are in the recipe's lr units (per 256 images) and are scaled by
@@ -31,7 +38,7 @@ from typing import Any
 # floor(step / decay_steps) with decay_steps = steps_per_epoch * 2.4 is a float division: 72 / 7.2
 # may come out as 9.999999999999998. The epsilon makes an exact boundary count as reached.
 _STAIR_EPS = 1e-9
-KINDS = ("cosine", "exponential", "constant", "step")
+KINDS = ("cosine", "linear", "exponential", "constant", "step")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +50,7 @@ class LRSchedule:
     start: float  # lr at step 0 of the warmup
     floor: float  # min_lr
     warmup_steps: int
-    total_steps: int  # epochs * steps_per_epoch
+    total_steps: int  # epochs * steps_per_epoch, or max_steps
     steps_per_epoch: int
     decay_rate: float = 0.97
     decay_epochs: float = 2.4
@@ -64,7 +71,7 @@ class LRSchedule:
             start=recipe.warmup_lr * scale,
             floor=recipe.min_lr * scale,
             warmup_steps=warmup_steps(steps_per_epoch, recipe),
-            total_steps=steps_per_epoch * recipe.epochs,
+            total_steps=total_steps(steps_per_epoch, recipe),
             steps_per_epoch=steps_per_epoch,
             decay_rate=recipe.decay_rate,
             decay_epochs=recipe.decay_epochs,
@@ -79,17 +86,27 @@ class LRSchedule:
             return self.start + (peak - self.start) * step / w
         if self.kind == "constant":
             return peak
-        if self.kind == "cosine":
+        if self.kind in ("cosine", "linear"):
             span = self.total_steps - w
             if span <= 0:
                 return peak
             t = min(step - w, span)
+            if self.kind == "linear":
+                return self.floor + (peak - self.floor) * (1 - t / span)
             return self.floor + (peak - self.floor) * (1 + math.cos(math.pi * t / span)) / 2
         if self.kind == "exponential":
             k = math.floor(step / (self.steps_per_epoch * self.decay_epochs) + _STAIR_EPS)
         else:  # "step"
             k = math.floor((step // self.steps_per_epoch) / self.decay_epochs + _STAIR_EPS)
         return max(peak * self.decay_rate**k, self.floor)
+
+
+def total_steps(steps_per_epoch: int, recipe: Any) -> int:
+    """Optimizer steps of the whole run: ``max_steps`` when set (never past the epochs), else
+    ``epochs * steps_per_epoch``."""
+    full = steps_per_epoch * recipe.epochs
+    cap = getattr(recipe, "max_steps", 0)
+    return min(full, cap) if cap else full
 
 
 def warmup_steps(steps_per_epoch: int, recipe: Any) -> int:

@@ -46,9 +46,14 @@ class RunEnd:
         if self.bundle.test is not None and self.bundle.test is not self.bundle.val:
             # once, at the end, with the weights validation chose (checkpoints/best)
             model, which = self._best_model()
-            test = self.evaluate(self.bundle.test, model=model)
+            flip = self._choose_flip(model, summary)
+            test = self.evaluate(self.bundle.test, model=model, flip=flip)
             summary.update(
-                test_top1=round(test["top1"], 4), test_top5=round(test["top5"], 4), test_n=test["n"], test_weights=which
+                test_top1=round(test["top1"], 4),
+                test_top5=round(test["top5"], 4),
+                test_n=test["n"],
+                test_weights=which,
+                test_flip=flip,
             )
         elif self.bundle.test is not None:  # no split of its own to choose on: the test split was the val split
             summary.update(test_top1=final.get("top1"), test_top5=final.get("top5"), test_weights="last (val = test)")
@@ -74,6 +79,18 @@ class RunEnd:
         except (UsageError, OSError) as exc:  # the run itself is complete; say what is missing
             self.log(f"warning: {self.out_dir / 'model'} not written: {exc}")
 
+    def _choose_flip(self, model: nn.Module, summary: dict[str, Any]) -> bool:
+        """Flip-averaged evaluation for the test split: as the recipe says, or with ``eval_flip: auto``
+        whichever of the two scores higher on the validation split (ties: without), recorded in the
+        summary. Validation decides; the test split is then read once."""
+        setting = self.recipe.eval_flip
+        if setting != "auto":
+            return bool(setting)
+        plain = self.evaluate(self.bundle.val, model=model, flip=False)["top1"]
+        flipped = self.evaluate(self.bundle.val, model=model, flip=True)["top1"]
+        summary.update(val_top1_plain=round(plain, 4), val_top1_flip=round(flipped, 4))
+        return flipped > plain
+
     def _best_model(self) -> tuple[nn.Module, str]:
         """The evaluation model with the weights of checkpoints/best (chosen on validation), or the
         current weights when no best checkpoint exists."""
@@ -97,7 +114,9 @@ class RunEnd:
         if "test_top1" in summary and summary["test_top1"] is not None:
             lines.append(
                 f"  test top1 {summary['test_top1']:.2f}%  top5 {summary['test_top5']:.2f}%  "
-                f"({summary.get('test_weights', 'last')} weights)"
+                f"({summary.get('test_weights', 'last')} weights"
+                + (", flip-averaged: better on validation" if summary.get("test_flip") else "")
+                + ")"
             )
         if summary["skipped_files"]:
             lines.append(f"  skipped {summary['skipped_files']} unreadable files (see {self.skipped_path})")

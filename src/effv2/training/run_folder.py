@@ -38,6 +38,7 @@ class RunFolderBusy(UsageError):
 CONFIG = "config.json"
 LOCK = ".lock"
 RUN_FILES = (CONFIG, "metrics.jsonl", "skipped.jsonl", "summary.json", "curves.png", "checkpoints", "model", LOCK)
+RUN_FILES += ("metrics.csv", "tensorboard")  # the logging sinks (logging_sinks.py)
 
 
 def check_out_dir(out: Path, *, resume: bool, overwrite: bool = False) -> None:

@@ -34,9 +34,9 @@ from ..models.flops import count_params
 from ..runtime import Runtime
 from ..runtime.distributed import RankRNG, any_true, barrier, gather_objects
 from .build import Parts, train_step
-from .callbacks import Callback
+from .callbacks import Callback, call_hooks
 from .evaluate import evaluate
-from .lr import LRSchedule
+from .lr import LRSchedule, total_steps
 from .report import Progress, append_jsonl, read_jsonl
 from .run_end import RunEnd
 from .schedule import StageParams, stage_of_epoch, stage_params
@@ -67,6 +67,7 @@ class Trainer(RunEnd):
         self.batch_per_rank = recipe.batch_size // self.dist.world_size
         self.steps_per_epoch = stream_steps(parts.streams[0], self._context(self.info.train_size, 0, 0, 0))
         self.lr = LRSchedule.from_recipe(recipe, steps_per_epoch=self.steps_per_epoch, base_lr=recipe.scaled_lr)
+        self.total_steps = total_steps(self.steps_per_epoch, recipe)  # max_steps may end the last epoch early
         self.state = TrainState()
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.skipped_path = self.out_dir / "skipped.jsonl"
@@ -220,7 +221,7 @@ class Trainer(RunEnd):
         ctx = self._context(sp.image_size, sp.randaug_magnitude, sp.mixup_alpha, sp.cutmix_alpha)
         steps = train_steps(self.parts.streams, ctx, epoch=s.epoch, start_batch=s.batch)
         bar = Progress(
-            self.steps_per_epoch,
+            min(self.steps_per_epoch, s.batch + self.total_steps - s.global_step),
             f"epoch {s.epoch + 1}/{r.epochs} stage {sp.index + 1} {sp.image_size}px",
             enabled=self.is_main and not self.quiet,
             initial=s.batch,
@@ -228,6 +229,8 @@ class Trainer(RunEnd):
         t_start, sums, taken = time.perf_counter(), {}, 0
         try:
             for batches in steps:
+                if s.global_step >= self.total_steps:
+                    break
                 for b in batches.values():
                     if b.bad:
                         self._note_skipped(b.bad)
@@ -266,7 +269,10 @@ class Trainer(RunEnd):
         self.state.last_train_loss = means.pop("loss", float("nan"))
         self.state.last_train_parts = means
 
-    def evaluate(self, imageset, model: nn.Module | None = None, size: int | None = None) -> dict[str, float]:
+    def evaluate(
+        self, imageset, model: nn.Module | None = None, size: int | None = None, flip: bool | None = None
+    ) -> dict[str, float]:
+        """``flip`` None: the recipe's ``eval_flip`` when it is true (not "auto", decided at the end)."""
         return evaluate(
             model if model is not None else self.eval_model,
             imageset,
@@ -277,6 +283,7 @@ class Trainer(RunEnd):
             batch_size=self.recipe.eval_batch_size,
             num_workers=self.recipe.num_workers,
             on_bad=self._note_skipped,
+            flip=self.recipe.eval_flip is True if flip is None else flip,
         )
 
     def record(self, sp: StageParams, ev: dict[str, float], at_stage: dict[str, float] | None = None) -> dict[str, Any]:
@@ -318,13 +325,15 @@ class Trainer(RunEnd):
         )
         if self.is_main and self.bundle.skipped:
             self._note_skipped(self.bundle.skipped)
+        call_hooks(self.callbacks, "on_fit_start", self)
         deadline = time.perf_counter() + max(r.time_budget_s - s.wall_s, 0) if r.time_budget_s > 0 else None
         completed = True
-        while s.epoch < r.epochs:
+        while s.epoch < r.epochs and s.global_step < self.total_steps:
             sp = self.stage_for(s.epoch)
             self.enter_stage(sp)
             completed = self.train_epoch(sp, deadline)
-            if completed and s.epoch % r.eval_every_epochs and s.epoch < r.epochs:
+            last = s.epoch >= r.epochs or s.global_step >= self.total_steps
+            if completed and s.epoch % r.eval_every_epochs and not last:
                 self.save("last")
                 continue
             # A model trained at a smaller size than it is evaluated at scores far lower at the eval size
@@ -352,4 +361,6 @@ class Trainer(RunEnd):
             if not completed:
                 self.log(f"time budget of {r.time_budget_s:.0f}s reached; stopping")
                 break
-        return self.finish(completed)
+        summary = self.finish(completed)
+        call_hooks(self.callbacks, "on_fit_end", self, summary)
+        return summary

@@ -1,0 +1,55 @@
+"""benchmarks/budget.py: the frontier table, the plot and the variant syntax (the runs themselves
+are the benchmark; here they are stood in for by finished run folders)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import budget  # noqa: E402
+
+
+def _row(variant, budget_s, seed, top1):
+    return {
+        "variant": variant,
+        "budget": f"{budget_s // 60}m",
+        "budget_s": budget_s,
+        "seed": seed,
+        "test_top1": top1,
+        "best_val_top1": top1 + 0.5,
+        "train_s": 0.9 * budget_s,
+        "steps": 100,
+        "epochs": 2.5,
+    }
+
+
+def test_table_means_over_seeds_and_lists_each(tmp_path):
+    rows = [_row("progressive", 600, 0, 92.0), _row("progressive", 600, 1, 93.0), _row("fixed", 120, 0, 88.0)]
+    t = budget.table(rows).splitlines()
+    assert t[2].startswith("| fixed | 2m | 1 | 88.00 | 88.00 | 88.50 | 1.8 min | 100 (2.5) |")
+    assert t[3].startswith("| progressive | 10m | 2 | 92.50 | 92.00, 93.00 | 93.00 | 9.0 min |")
+    png = tmp_path / "b.png"
+    budget.plot(rows, png, "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_variants_parse_and_bad_ones_are_refused():
+    assert budget.parse_variant("linear=lr_schedule=linear,seed=1") == ("linear", ["lr_schedule=linear", "seed=1"])
+    with pytest.raises(Exception, match="expected NAME=KEY=VALUE"):
+        budget.parse_variant("linear")
+
+
+def test_a_finished_run_folder_is_reused_not_retrained(tmp_path):
+    out = tmp_path / "progressive-2m-s0"
+    out.mkdir()
+    (out / "summary.json").write_text(
+        json.dumps({"test_top1": 90.1, "best_top1": 90.5, "train_s": 100.0, "epochs": 2, "completed": True})
+    )
+    plan = {"steps": 300, "steps_per_epoch": 200, "planned_s": 110.0, "step_s": [0.1, 0.2]}
+    (out / "config.json").write_text(json.dumps({"plan": plan}))
+    r = budget.run_one(out, budget="2m", seed=0, sets=[], model="nope", recipe="nope")  # no process started
+    assert r["test_top1"] == 90.1 and r["steps"] == 300 and r["epochs"] == 1.5 and r["step_ms"] == [100.0, 200.0]
