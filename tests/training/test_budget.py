@@ -56,10 +56,10 @@ def test_planned_seconds_and_plan_are_pinned():
     )
     # the plan fills the budget to the step: 40 steps = 12 s; 0.95 * 13 = 12.35 s leaves room for one
     # more step at 0.3 s but not for the evaluation that the extra (fifth) epoch adds
-    assert plan_steps(13, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0) == 40
+    assert plan_steps(13, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0, margin=0.05) == 40
     # 0.95 * 20 = 19 s: 5 epochs with 2 + 3 split give 20*0.1 + n*0.3 + 5 <= 19 -> n = 40 (6 epochs is worse)
-    assert plan_steps(20, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0) == 60
-    assert plan_steps(1, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0, min_steps=11) == 11
+    assert plan_steps(20, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0, margin=0.05) == 60
+    assert plan_steps(1, stage_step_s=[0.1, 0.3], steps_per_epoch=10, eval_s=1.0, min_steps=11, margin=0.05) == 11
 
 
 @settings(max_examples=60, deadline=None)
@@ -74,7 +74,7 @@ def test_planned_seconds_and_plan_are_pinned():
 def test_the_plan_is_the_largest_step_count_that_fits(budget, a, b, spe, ev, every):
     """Against brute force: no step count up to the search's bound fits and is larger."""
     kw = dict(stage_step_s=[a, b], steps_per_epoch=spe, eval_s=ev, eval_every=every)
-    n = plan_steps(budget, **kw)
+    n = plan_steps(budget, **kw, margin=0.05)
     target = 0.95 * budget
     fitting = [k for k in range(1, int(target / min(a, b)) + spe + 1) if planned_seconds(k, **kw) <= target]
     assert n == (max(fitting) if fitting else 1)
@@ -102,7 +102,7 @@ def test_a_budgeted_run_records_its_plan_and_resumes_bitwise(tmp_path):
     assert killed.returncode == -9, killed.stderr[-2000:]
     cfg = json.loads((part / "config.json").read_text())
     plan = cfg["plan"]
-    assert plan["epochs"] == cfg["recipe"]["epochs"] >= 2 and plan["planned_s"] <= 0.95 * 3 + 0.01
+    assert plan["epochs"] == cfg["recipe"]["epochs"] >= 2 and plan["planned_s"] <= (1 - plan["margin"]) * 3 + 0.01
     assert plan["steps"] == cfg["recipe"]["max_steps"] and plan["epochs"] == -(
         -plan["steps"] // plan["steps_per_epoch"]
     )
@@ -121,3 +121,72 @@ def test_a_budgeted_run_records_its_plan_and_resumes_bitwise(tmp_path):
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_a_replan_keeps_the_lr_continuous_and_ends_at_the_floor(kind):
+    rec = Recipe(epochs=10, max_steps=100, lr_schedule=kind, warmup_epochs=1, lr=0.1, batch_size=256)
+    lr = LRSchedule.from_recipe(rec, steps_per_epoch=10, base_lr=0.1)
+    assert lr.replans == () and lr(55) == LRSchedule.from_recipe(rec, steps_per_epoch=10, base_lr=0.1)(55)
+    longer = lr.with_replan(40, 160)  # at step 40 (progress 1/3), the run gets 60 more steps than planned
+    shorter = lr.with_replan(40, 70)
+    for sched, end in ((longer, 160), (shorter, 70)):
+        assert [sched(t) for t in range(41)] == [lr(t) for t in range(41)]  # the past is unchanged
+        assert sched.progress(40) == pytest.approx(1 / 3) and sched.progress(end) == 1.0
+        assert sched(end) == pytest.approx(0.0, abs=1e-12) and sched(end + 5) == pytest.approx(0.0, abs=1e-12)
+        lrs = [sched(t) for t in range(10, end + 1)]
+        assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # still decays monotonically, no jump
+    assert longer.progress(100) == pytest.approx(1 / 3 + (2 / 3) * 60 / 120)
+    twice = longer.with_replan(100, 130)  # a second re-plan continues from the first one's progress
+    assert twice.progress(100) == pytest.approx(longer.progress(100)) and twice.progress(130) == 1.0
+    assert twice(99) == longer(99)
+
+
+def test_the_trainer_replans_to_the_time_actually_left(monkeypatch):
+    """_replan on a stand-in trainer: the plan assumed 0.1 s a step; the epoch just trained ran at 0.2 s,
+    so the remaining steps shrink to what fits 95% of the time left, the lr keeps its progress, and the
+    re-plan is kept in the state. Under --deterministic nothing changes."""
+    import types
+
+    from effv2.runtime import Dist
+    from effv2.training import trainer as trainer_mod
+    from effv2.training.schedule import StageParams
+    from effv2.training.state import TrainState
+
+    now = [1000.0]
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", lambda: now[0])
+    rec = Recipe(epochs=10, max_steps=100, lr_schedule="linear", lr=0.1, batch_size=256, time_budget_s=10)
+    rec = replace(rec, progressive=replace(rec.progressive, enabled=False))
+    sp = StageParams(0, 1, 28, 0, 0, 0, 0.1, 0.0)
+
+    def fake(**kw):
+        lr = LRSchedule.from_recipe(kw.get("recipe", rec), steps_per_epoch=10, base_lr=0.1)
+        ns = types.SimpleNamespace(
+            recipe=kw.get("recipe", rec),
+            state=TrainState(epoch=2, global_step=20),
+            steps_per_epoch=10,
+            _rates={},
+            dist=Dist(),
+            total_steps=100,
+            lr=lr,
+            log=lambda msg: None,
+            stage_for_index=lambda j: sp,
+        )
+        return ns
+
+    t = fake()
+    # 20 steps took 4 s (0.2 s each), an evaluation 0.5 s; 12 s are left: 0.95 * 12 = 11.4 s fit
+    # 4 whole epochs (4 x (10 x 0.2 + 0.5) = 10 s), then (11.4 - 10 - 0.5) / 0.2 = 4.5 -> 4 steps
+    trainer_mod.Trainer._replan(t, now[0] + 12, sp, 4.0, 20, 0.5)
+    assert t.total_steps == 20 + 40 + 4 and t.state.replans == [[20, 64]]
+    assert (
+        t.lr.replans == ((20, 64),)
+        and t.lr(64) == 0.0
+        and t.lr(20) == LRSchedule.from_recipe(rec, steps_per_epoch=10, base_lr=0.1)(20)
+    )
+    d = fake(recipe=replace(rec, deterministic=True))
+    trainer_mod.Trainer._replan(d, now[0] + 12, sp, 4.0, 20, 0.5)
+    assert d.total_steps == 100 and d.state.replans == []
+    close = fake()  # within 2% of the plan: left alone
+    trainer_mod.Trainer._replan(close, now[0] + (80 * 0.1 + 8 * 0.5) / 0.95 + 0.05, sp, 2.0, 20, 0.5)
+    assert close.total_steps == 100 and close.state.replans == []

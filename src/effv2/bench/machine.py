@@ -315,8 +315,10 @@ def fast_defaults_reasons(device: str | torch.device = "cpu", *, batch_size: int
         have = [f for f in CPU_BF16_FLAGS if f in flags]
         if d["amp"] == "bf16":
             amp = f"bf16: the CPU computes bf16 natively ({', '.join(have)}); measured 1.5-2.2x over fp32"
-        elif have:
+        elif have and _cpu_bf16_fast():
             amp = f"fp32: batch {batch_size} < {CPU_BF16_MIN_BATCH}, where bf16's casts are not amortised"
+        elif have:
+            amp = f"fp32: the CPU has {', '.join(have)} but oneDNN reports no native bf16 (ONEDNN_MAX_CPU_ISA?)"
         else:
             amp = "fp32: no amx_bf16 / avx512_bf16 flag, bf16 would be emulated (slower than fp32)"
     return {

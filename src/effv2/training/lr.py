@@ -32,7 +32,7 @@ CosineAnnealingLR do, so the lr is continuous at the end of the warmup.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # floor(step / decay_steps) with decay_steps = steps_per_epoch * 2.4 is a float division: 72 / 7.2
@@ -54,6 +54,9 @@ class LRSchedule:
     steps_per_epoch: int
     decay_rate: float = 0.97
     decay_epochs: float = 2.4
+    # re-plans of a time-budgeted run ((step, new total steps), in order): from each one on, cosine and
+    # linear finish the rest of their shape by the new total, continuous in value (see with_replan)
+    replans: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1:
@@ -77,6 +80,28 @@ class LRSchedule:
             decay_epochs=recipe.decay_epochs,
         )
 
+    def with_replan(self, step: int, total: int) -> LRSchedule:
+        """This schedule with its length changed to ``total`` steps from ``step`` on: the progress p
+        through the decay (0 after the warmup, 1 at the end) reached at ``step`` is kept and the rest,
+        1 - p, is spread over the new remaining steps, so the lr is continuous and still ends at its
+        floor on the last step. Exponential, step and constant schedules do not depend on the length."""
+        return replace(self, replans=(*self.replans, (int(step), int(total))))
+
+    def progress(self, step: int) -> float:
+        """How far through the decay ``step`` is (cosine and linear): 0 at the end of the warmup, 1 at
+        the last step, piecewise linear across re-plans."""
+        a, pa, end = self.warmup_steps, 0.0, self.total_steps
+        for t0, total in self.replans:
+            if t0 > step:
+                break
+            if t0 > a:
+                pa = pa + (1 - pa) * (min(t0, end) - a) / (end - a) if end > a else 1.0
+                a = t0
+            end = total
+        if end <= a:
+            return 1.0
+        return min(1.0, pa + (1 - pa) * (step - a) / (end - a))
+
     def __call__(self, step: int) -> float:
         """The learning rate for optimizer step ``step`` (0-based)."""
         if step < 0:
@@ -86,6 +111,10 @@ class LRSchedule:
             return self.start + (peak - self.start) * step / w
         if self.kind == "constant":
             return peak
+        if self.kind in ("cosine", "linear") and self.replans and step > self.replans[0][0]:
+            p = self.progress(step)
+            shape = 1 - p if self.kind == "linear" else (1 + math.cos(math.pi * p)) / 2
+            return self.floor + (peak - self.floor) * shape
         if self.kind in ("cosine", "linear"):
             span = self.total_steps - w
             if span <= 0:

@@ -24,6 +24,8 @@ class TrainState:
     nonfinite_run: int = 0  # consecutive non-finite steps
     last_train_loss: float = float("nan")
     last_train_parts: dict[str, float] = field(default_factory=dict)  # epoch means of the task's other parts
+    # re-plans of a time-budgeted run: [step, new total steps] (trainer.py _replan); empty without
+    replans: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

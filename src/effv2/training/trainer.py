@@ -69,6 +69,7 @@ class Trainer(RunEnd):
         self.lr = LRSchedule.from_recipe(recipe, steps_per_epoch=self.steps_per_epoch, base_lr=recipe.scaled_lr)
         self.total_steps = total_steps(self.steps_per_epoch, recipe)  # max_steps may end the last epoch early
         self.state = TrainState()
+        self._rates: dict[int, float] = {}  # seconds per step by stage, measured in this session (re-plans)
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.skipped_path = self.out_dir / "skipped.jsonl"
         self._skipped_seen: set[str] = set()
@@ -80,6 +81,11 @@ class Trainer(RunEnd):
     @property
     def is_main(self) -> bool:
         return self.dist.is_main
+
+    @property
+    def planned_epochs(self) -> int:
+        """Epochs the run will train: the recipe's, or more after a re-plan that lengthened it."""
+        return max(self.recipe.epochs if not self.state.replans else 0, -(-self.total_steps // self.steps_per_epoch))
 
     @property
     def eval_model(self) -> nn.Module:
@@ -141,6 +147,8 @@ class Trainer(RunEnd):
         if errors:
             self.log(f"warning: {errors[0]}; resuming from the previous checkpoint {path}")
         self.state = TrainState.from_dict(ckpt.state)
+        for t0, total in self.state.replans:  # a re-planned budget run continues its re-planned schedule
+            self.lr, self.total_steps = self.lr.with_replan(t0, total), total
         if self.is_main:  # drop metrics written after the checkpoint we resume from (they will be redone)
             kept = [m for m in read_jsonl(self.metrics_path) if m.get("step", 0) <= self.state.global_step]
             atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
@@ -222,7 +230,7 @@ class Trainer(RunEnd):
         steps = train_steps(self.parts.streams, ctx, epoch=s.epoch, start_batch=s.batch)
         bar = Progress(
             min(self.steps_per_epoch, s.batch + self.total_steps - s.global_step),
-            f"epoch {s.epoch + 1}/{r.epochs} stage {sp.index + 1} {sp.image_size}px",
+            f"epoch {s.epoch + 1}/{self.planned_epochs} stage {sp.index + 1} {sp.image_size}px",
             enabled=self.is_main and not self.quiet,
             initial=s.batch,
         )
@@ -310,9 +318,58 @@ class Trainer(RunEnd):
         }
         if at_stage is not None:
             rec["top1_stage"] = round(at_stage["top1"], 4)
+        if s.replans:
+            rec["planned_steps"] = self.total_steps
         if self.is_main:
             append_jsonl(self.metrics_path, rec)
         return rec
+
+    def _replan(self, deadline: float | None, sp: StageParams, epoch_s: float, epoch_steps: int, eval_s: float) -> None:
+        """Fit the rest of a time-budgeted run to the time actually left (not under --deterministic,
+        whose fixed plan resumes bit for bit). A plan made from a few seconds of timing is only as good
+        as the machine's steadiness (on a shared VM the same step drifted 25% within a minute): after
+        each evaluated epoch the steps still to train are recomputed from the epoch just measured
+        (later stages scaled by image area until they are measured), and when they differ from the
+        plan by more than 2% the schedule is re-planned: the lr keeps its progress and spreads the rest
+        over the new length (lr.LRSchedule.with_replan), extra epochs belong to the last stage. Each
+        re-plan is kept in the state (checkpointed), so a resumed run continues the same schedule."""
+        r, s = self.recipe, self.state
+        if deadline is None or r.deterministic or not r.max_steps or epoch_steps < self.steps_per_epoch // 2:
+            return
+        self._rates[sp.index] = epoch_s / epoch_steps
+        p = r.progressive
+        m = p.n_stages if p.enabled else 1
+
+        def rate(j: int) -> float:
+            if j in self._rates:
+                return self._rates[j]
+            size = self.stage_for_index(j).image_size
+            return self._rates[sp.index] * (size / sp.image_size) ** 2
+
+        target = 0.95 * (deadline - time.perf_counter())
+        t, steps, epoch, spe = 0.0, 0, s.epoch, self.steps_per_epoch
+        while epoch < 10 * r.epochs:
+            j = stage_of_epoch(epoch, r.epochs, m)
+            if t + spe * rate(j) + eval_s <= target:
+                t, steps, epoch = t + spe * rate(j) + eval_s, steps + spe, epoch + 1
+                continue
+            steps += max(0, int((target - t - eval_s) / rate(j)))
+            break
+        total = gather_objects(s.global_step + steps, self.dist)[0]  # rank 0 decides for all ranks
+        if abs(total - self.total_steps) <= 0.02 * self.total_steps:
+            return
+        self.log(
+            f"re-planned: {total} steps instead of {self.total_steps} (the last epoch ran at "
+            f"{1e3 * self._rates[sp.index]:.0f} ms/step, {deadline - time.perf_counter():.0f}s left)"
+        )
+        s.replans.append([s.global_step, total])
+        self.lr, self.total_steps = self.lr.with_replan(s.global_step, total), total
+
+    def stage_for_index(self, stage: int) -> StageParams:
+        p = self.recipe.progressive
+        return stage_params(
+            stage, p, train_size=self.info.train_size, dropout=self.info.dropout, drop_path=self.info.drop_path
+        )
 
     # -- the whole run ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -328,11 +385,12 @@ class Trainer(RunEnd):
         call_hooks(self.callbacks, "on_fit_start", self)
         deadline = time.perf_counter() + max(r.time_budget_s - s.wall_s, 0) if r.time_budget_s > 0 else None
         completed = True
-        while s.epoch < r.epochs and s.global_step < self.total_steps:
+        while s.global_step < self.total_steps and (s.epoch < r.epochs or s.replans):
             sp = self.stage_for(s.epoch)
             self.enter_stage(sp)
+            wall0, step0 = s.wall_s, s.global_step
             completed = self.train_epoch(sp, deadline)
-            last = s.epoch >= r.epochs or s.global_step >= self.total_steps
+            last = s.global_step >= self.total_steps or (s.epoch >= r.epochs and not s.replans)
             if completed and s.epoch % r.eval_every_epochs and not last:
                 self.save("last")
                 continue
@@ -341,13 +399,16 @@ class Trainer(RunEnd):
             # 61% with BN re-estimated at 28 px; benchmarks/RESULTS.md). So while a stage trains below
             # the eval size, the model is also evaluated at the stage's own size (top1_stage): the number
             # that says how training goes. Selection (best checkpoint) stays at the eval size.
+            t_eval = time.perf_counter()
             at_stage = (
                 self.evaluate(self.bundle.val, size=sp.image_size) if sp.image_size != self.info.eval_size else None
             )
             rec = self.record(sp, self.evaluate(self.bundle.val), at_stage)
+            if completed and not last:
+                self._replan(deadline, sp, s.wall_s - wall0, s.global_step - step0, time.perf_counter() - t_eval)
             stage_part = f" (at {sp.image_size}px: {at_stage['top1']:.2f}%)" if at_stage else ""
             self.log(
-                f"epoch {rec['epoch'] if completed else s.epoch + 1}/{r.epochs} stage {sp.index + 1} "
+                f"epoch {rec['epoch'] if completed else s.epoch + 1}/{self.planned_epochs} stage {sp.index + 1} "
                 f"size {sp.image_size}: top1 {rec['top1']:.2f}% at {self.info.eval_size}px{stage_part} "
                 f"top5 {rec['top5']:.2f}% loss {rec['loss']:.4f} ({s.wall_s:.0f}s)"
             )
