@@ -10,19 +10,14 @@ import argparse
 import json
 
 from ..errors import UsageError
-from .train import add_data_args
+from .train import add_data_args, add_pretrained_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="top-1/top-5 of a trained model on a data split")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="run folder (uses its best checkpoint) or a .safetensors file")
-    which.add_argument(
-        "--pretrained",
-        metavar="SOURCE",
-        help="weights to use instead of --checkpoint: a timm / torchvision / effv2 weights file or folder, "
-        "timm:NAME or torchvision:NAME (their download and cache; see docs/pretrained.md)",
-    )
+    add_pretrained_arg(which)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--size", type=int, help="evaluation image size (default: the one recorded with the model)")

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from .train import add_pretrained_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ..inference.export import DEFAULT_TOL, FORMATS
@@ -22,12 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="run folder, model folder or .safetensors checkpoint")
-    which.add_argument(
-        "--pretrained",
-        metavar="SOURCE",
-        help="weights to use instead of --checkpoint: a timm / torchvision / effv2 weights file or folder, "
-        "timm:NAME or torchvision:NAME (their download and cache; see docs/pretrained.md)",
-    )
+    add_pretrained_arg(which)
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     p.add_argument("--out", required=True, help="output file (.onnx, .pt2, .safetensors) or folder (--format folder)")
     p.add_argument("--size", type=int, default=None, help="input size (default: the model's eval size)")

@@ -15,17 +15,14 @@ import time
 
 import torch
 
+from .train import add_pretrained_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k classes with probabilities for image files")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="run folder, model folder, .safetensors, or an exported .onnx / .pt2")
-    which.add_argument(
-        "--pretrained",
-        metavar="SOURCE",
-        help="weights to use instead of --checkpoint: a timm / torchvision / effv2 weights file or folder, "
-        "timm:NAME or torchvision:NAME (their download and cache; see docs/pretrained.md)",
-    )
+    add_pretrained_arg(which)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when available)")

@@ -7,6 +7,16 @@ import argparse
 from ..errors import UsageError
 
 
+def add_pretrained_arg(group) -> None:
+    """eval / predict / export: ``--pretrained SOURCE`` as the alternative to ``--checkpoint``."""
+    group.add_argument(
+        "--pretrained",
+        metavar="SOURCE",
+        help="weights to use instead of --checkpoint: a timm / torchvision / effv2 weights file or folder, "
+        "timm:NAME or torchvision:NAME (their download and cache; see docs/pretrained.md)",
+    )
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="where datasets are looked for first (then $EFFV2_DATA, then system locations)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
