@@ -3,7 +3,7 @@
     python benchmarks/budget.py [--budgets 2m,5m,10m,30m] [--seeds 0] [--extra-seeds 10m=1]
                                 [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--out runs/budget] [--plot FILE]
 
-Each run is `effv2 train --model efficientnetv2_mini --data fashion-mnist --recipe fmnist-cpu
+Each run is `effv2 train --model efficientnetv2_fmnist --data fashion-mnist --recipe fmnist-cpu
 --time-budget B --seed S` in its own process, one after another (never two at once: each run
 measures its step times and plans its steps for this machine). Variants default to ``progressive``
 (the recipe as shipped) and ``fixed`` (``progressive.enabled=false``: every step at 28 px with the
@@ -61,7 +61,14 @@ def run_one(out: Path, *, budget: str, seed: int, sets: list[str], model: str, r
         "planned_s": plan.get("planned_s"),
         "step_ms": [round(1e3 * t, 1) for t in plan.get("step_s", [])],
         "completed": s["completed"],
+        "steps_trained": _last_step(out / "metrics.jsonl"),
     }
+
+
+def _last_step(metrics: Path) -> int | None:
+    """Optimizer steps the run made (after its re-plans): the last evaluated epoch's ``step``."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    return next((r["step"] for r in reversed(rows) if "step" in r), None)
 
 
 def table(rows: list[dict]) -> str:
@@ -71,17 +78,22 @@ def table(rows: list[dict]) -> str:
         groups.setdefault((r["variant"], r["budget_s"]), []).append(r)
     lines = [
         "| variant | budget | seeds | test top-1 (mean) | per seed | best val top-1 | trained "
-        "| planned steps (epochs) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| steps trained | first plan: steps (epochs) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (variant, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         per = ", ".join(f"{r['test_top1']:.2f}" for r in rs)
         lines.append(
             f"| {variant} | {rs[0]['budget']} | {len(rs)} | {mean(r['test_top1'] for r in rs):.2f} | {per} | "
             f"{mean(r['best_val_top1'] for r in rs):.2f} | {mean(r['train_s'] for r in rs) / 60:.1f} min | "
-            f"{rs[0]['steps']} ({rs[0]['epochs']}) |"
+            f"{_steps(rs)} | {rs[0]['steps']} ({rs[0]['epochs']}) |"
         )
     return "\n".join(lines)
+
+
+def _steps(rs: list[dict]) -> str:
+    done = [r.get("steps_trained") for r in rs]
+    return ", ".join(f"{d:,}" for d in done) if all(d is not None for d in done) else "-"
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -112,6 +124,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from effv2.bench.machine import describe
+    from effv2.cli.demo import DEMO_MODEL, DEMO_RECIPE
     from effv2.config.values import parse_duration
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0", help="seeds at every budget (comma-separated)")
     ap.add_argument("--extra-seeds", default="10m=1", help="more seeds at some budgets: 10m=1,2;30m=1")
     ap.add_argument("--variant", type=parse_variant, action="append", help="NAME=KEY=VALUE[,...] (repeatable)")
-    ap.add_argument("--model", default="efficientnetv2_mini")
-    ap.add_argument("--recipe", default="fmnist-cpu")
+    ap.add_argument("--model", default=DEMO_MODEL, help=f"default: the demo's ({DEMO_MODEL})")
+    ap.add_argument("--recipe", default=DEMO_RECIPE)
     ap.add_argument("--out", default="runs/budget")
     ap.add_argument("--json", default=None, help="rows as JSON (default OUT/rows.json)")
     ap.add_argument("--plot", default=None, help="PNG of test top-1 against the budget (default OUT/budget.png)")

@@ -24,14 +24,15 @@ def _row(variant, budget_s, seed, top1):
         "train_s": 0.9 * budget_s,
         "steps": 100,
         "epochs": 2.5,
+        "steps_trained": 120 + seed,
     }
 
 
 def test_table_means_over_seeds_and_lists_each(tmp_path):
     rows = [_row("progressive", 600, 0, 92.0), _row("progressive", 600, 1, 93.0), _row("fixed", 120, 0, 88.0)]
     t = budget.table(rows).splitlines()
-    assert t[2].startswith("| fixed | 2m | 1 | 88.00 | 88.00 | 88.50 | 1.8 min | 100 (2.5) |")
-    assert t[3].startswith("| progressive | 10m | 2 | 92.50 | 92.00, 93.00 | 93.00 | 9.0 min |")
+    assert t[2].startswith("| fixed | 2m | 1 | 88.00 | 88.00 | 88.50 | 1.8 min | 120 | 100 (2.5) |")
+    assert t[3].startswith("| progressive | 10m | 2 | 92.50 | 92.00, 93.00 | 93.00 | 9.0 min | 120, 121 | 100 (2.5) |")
     png = tmp_path / "b.png"
     budget.plot(rows, png, "test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -51,5 +52,9 @@ def test_a_finished_run_folder_is_reused_not_retrained(tmp_path):
     )
     plan = {"steps": 300, "steps_per_epoch": 200, "planned_s": 110.0, "step_s": [0.1, 0.2]}
     (out / "config.json").write_text(json.dumps({"plan": plan}))
+    # two evaluated epochs; the second ran past the first plan (a re-plan added steps)
+    rows = [{"epoch": 1, "step": 200, "top1": 80.0}, {"epoch": 2, "step": 340, "top1": 90.5}]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = budget.run_one(out, budget="2m", seed=0, sets=[], model="nope", recipe="nope")  # no process started
     assert r["test_top1"] == 90.1 and r["steps"] == 300 and r["epochs"] == 1.5 and r["step_ms"] == [100.0, 200.0]
+    assert r["steps_trained"] == 340

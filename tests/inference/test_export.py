@@ -66,6 +66,25 @@ def test_onnx_tf_same_padding_and_dynamic_batch(tmp_path) -> None:
     assert meta["data_config"]["size"] == 40 and meta["classes"][0] == "ant"
 
 
+def test_a_grayscale_model_saved_from_an_rgb_card_exports(tmp_path) -> None:
+    # pico's card has 3-channel mean/std; built with in_chans=1 and saved by save_weights, the file
+    # used to fail every export ("mean/std need 1 or 1 values"): the statistics now fit the channels
+    from effv2.io.weights import save_weights
+    from effv2.models import create_model, get_card
+    from effv2.training.inference import load_for_inference
+
+    assert len(get_card("efficientnetv2_pico").mean) == 3
+    torch.manual_seed(0)
+    model = create_model("efficientnetv2_pico", num_classes=4, in_chans=1).eval()
+    src = tmp_path / "gray.safetensors"
+    save_weights(model, src)
+    loaded = load_for_inference(src)
+    card_mean = get_card("efficientnetv2_pico").mean
+    assert loaded.mean == (sum(card_mean) / 3,) and len(loaded.data_config.std) == 1
+    rep = export_model(src, "torch-export", tmp_path / "gray.pt2")
+    assert rep.ok and rep.max_abs_diff <= 1e-4
+
+
 def test_check_fails_above_tolerance(pico_run, tmp_path, capsys) -> None:
     with pytest.raises(ExportMismatch, match="max \\|logit diff\\|"):
         export_model(pico_run, "safetensors", tmp_path / "a.safetensors", tol=-1.0)

@@ -489,3 +489,20 @@ def test_bad_option_values_name_the_option_and_the_valid_ones() -> None:
     with pytest.raises(UsageError, match=r"no DualBatchNorm2d \(build it with norm='dual_bn'\)"):
         create_model("efficientnetv2_pico").set_bn_mode("aux")
     create_model("efficientnetv2_pico").set_bn_mode("main")  # main on a plain model: nothing to switch
+
+
+def test_the_demo_model_is_the_search_accuracy_pick():
+    # benchmarks/RESULTS.md, "Training-aware search on Fashion-MNIST": trial 84, 241,912 params at 10
+    # classes and 1 channel, genotype M1k3x2 F1k3x1+se F4k3x1 M1k3x1
+    from effv2.cli.demo import DEMO_MODEL
+    from effv2.search.space import genotype
+
+    card = get_card(DEMO_MODEL)
+    assert DEMO_MODEL == "efficientnetv2_fmnist" and card.train_size == card.eval_size == 28
+    assert genotype(card.spec) == "M1k3x2 F1k3x1+se F4k3x1 M1k3x1"
+    assert card.spec.to_str() == (
+        "stem24/s2|mbconv_e1_k3_s1_se0_c24_r2|fused_e1_k3_s2_se0.25_c48_r1|fused_e4_k3_s2_se0_c96_r1"
+        "|mbconv_e1_k3_s1_se0_c160_r1|head640"
+    )
+    model = create_model(DEMO_MODEL, num_classes=10, in_chans=1)
+    assert sum(p.numel() for p in model.parameters()) == 241_912

@@ -254,13 +254,13 @@ def fast_defaults(device: str | torch.device = "cpu", *, batch_size: int | None 
 
     Measured on a 2-core Sapphire-Rapids-class Xeon (AMX), efficientnetv2_b0 @128 px batch 32 and
     efficientnetv2_mini @28 px batch 128, every candidate interleaved in one process
-    (``benchmarks/bench_models.py defaults``; numbers in docs/readme/bench.md):
+    (``benchmarks/bench_models.py defaults``; numbers in docs/bench.md):
 
     * channels_last: 1.2x train and infer alone; it is also what makes bf16 pay (oneDNN's AMX
       kernels want NHWC). On CUDA NHWC is what tensor-core convs use (NVIDIA, PyTorch docs): on.
     * bf16 autocast: with channels_last 1.57-1.65x train, 2.0-2.2x infer with AMX; on a 2-core AMD
       EPYC with AVX512-BF16 and no AMX, 1 thread, over fp32 channels_last: b0 @128 train 1.50x,
-      infer 1.52x; mini @28 train 1.60x, infer 1.59x (docs/readme/bench.md, second study). Without
+      infer 1.52x; mini @28 train 1.60x, infer 1.59x (docs/bench.md, second study). Without
       either flag bf16 is emulated: off. CUDA: bf16 on Ampere and newer, fp16 before (needs a
       GradScaler when training).
     * fold_bn_infer: 1.1x alone, 1.2x on top of bf16 + channels_last; on CUDA it removes one

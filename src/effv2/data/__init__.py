@@ -1,6 +1,6 @@
 """The data layer: sources (named data sets, image folders, CSV manifests) and deterministic batches.
 
-See docs/readme/data.md for the user-facing guarantees.
+See docs/data.md for the user-facing guarantees.
 """
 
 from .imagesets import FileImageSet, ImageSet, TensorImageSet

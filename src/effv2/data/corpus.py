@@ -3,7 +3,7 @@
 ``write_corpus(folder)`` writes the files and returns what should happen to each:
 "ok" (loaded, pixels as documented in decode.py), "scan" (skipped at scan time) or "decode"
 (passes the cheap scan, fails the full decode, so the loader replaces/drops it). Used by the
-tests and by the commands in docs/readme/data.md.
+tests and by the commands in docs/data.md.
 """
 
 from __future__ import annotations

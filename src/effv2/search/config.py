@@ -39,7 +39,7 @@ class SearchConfig:
     study_name: str = STUDY_NAME
     workers: int = 1
     predictor_screen: int = 0  # K > 1: rank K sampled candidates with the predictor, train the best
-    predictor: str = "ridge"  # ridge ranks better than the MLP ensemble below ~60 trials (docs/readme/search.md)
+    predictor: str = "ridge"  # ridge ranks better than the MLP ensemble below ~60 trials (docs/search.md)
     screen_after: int = 10  # finished trials before the predictor starts screening
     explore: float = 0.25  # share of trials left to the sampler while screening
     include_backbone: bool = True  # trial 0 is the backbone itself, the reference row

@@ -17,6 +17,7 @@ from ..io.stateful import decode
 from ..io.weights import check_compatible, read_metadata
 from ..models import ArchSpec, EfficientNetV2, ModelCard
 from ..runtime import Runtime
+from .build import channel_stats
 
 
 @dataclass
@@ -64,6 +65,11 @@ def resolve_weights_file(path: str | Path) -> Path:
     return p
 
 
+def _fit(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """One value (broadcast) or one per channel as given; any other count fitted like training does."""
+    return values if len(values) in (1, channels) else channel_stats(values, channels)
+
+
 def load_for_inference(path: str | Path, prefer_ema: bool = True) -> LoadedModel:
     """Build the model recorded in the file's metadata and load its weights (EMA when present)."""
     f = resolve_weights_file(path)
@@ -103,8 +109,10 @@ def load_for_inference(path: str | Path, prefer_ema: bool = True) -> LoadedModel
     model.eval()
     classes = list(state_meta.get("classes") or meta.get("classes") or [str(i) for i in range(num_classes)])
     eval_size = int(state_meta.get("eval_size") or meta.get("eval_size") or (card.eval_size if card else 224))
-    mean = tuple(state_meta.get("mean") or (card.mean if card else (0.5,)))
-    std = tuple(state_meta.get("std") or (card.std if card else (0.5,)))
+    # a card's RGB statistics on a model built for grayscale (save_weights of create_model(in_chans=1)):
+    # fitted to the model's channels as training fits them (build.channel_stats)
+    mean = _fit(tuple(state_meta.get("mean") or (card.mean if card else (0.5,))), in_chans)
+    std = _fit(tuple(state_meta.get("std") or (card.std if card else (0.5,))), in_chans)
     dc = DataConfig.from_dict(meta["data_config"]) if isinstance(meta.get("data_config"), dict) else None
     if dc is not None:
         eval_size, mean, std = dc.size, dc.mean, dc.std
