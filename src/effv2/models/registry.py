@@ -119,31 +119,37 @@ _card("efficientnetv2_s", ArchSpec(stages=V2_S, stem=24), 300, 384, 0.2)
 _card("efficientnetv2_m", ArchSpec(stages=V2_M, stem=24), 384, 480, 0.3)
 _card("efficientnetv2_l", ArchSpec(stages=V2_L, stem=32), 384, 480, 0.4)
 _card("efficientnetv2_xl", ArchSpec(stages=V2_XL, stem=32), 384, 512, 0.4)
-_card(
+
+
+def _fmnist_sized(name: str, stages: tuple[Stage, ...], notes: str, tags: tuple[str, ...]) -> None:
+    """A small-image card as the Fashion-MNIST demo trains it: 28 px, grey mean/std 0.5, bilinear."""
+    spec = ArchSpec(stages=stages, stem=24, head=640, stem_stride=2)
+    _card(
+        name,
+        spec,
+        28,
+        28,
+        0.1,
+        drop_path=0.05,
+        mean=(0.5,),
+        std=(0.5,),
+        interpolation="bilinear",
+        notes=notes,
+        tags=tags,
+    )
+
+
+_fmnist_sized(
     "efficientnetv2_mini",
-    ArchSpec(stages=MINI, stem=24, head=640, stem_stride=2),
-    28,
-    28,
-    0.1,
-    drop_path=0.05,
-    mean=(0.5,),
-    std=(0.5,),
-    interpolation="bilinear",
-    notes="small-image variant (28-64 px), the Fashion-MNIST demo model",
-    tags=("small",),
+    MINI,
+    "small-image variant (28-64 px), the search's backbone; the demo model until 2026-12-02",
+    ("small",),
 )
-_card(
+_fmnist_sized(
     "efficientnetv2_fmnist",
-    ArchSpec(stages=FMNIST, stem=24, head=640, stem_stride=2),
-    28,
-    28,
-    0.1,
-    drop_path=0.05,
-    mean=(0.5,),
-    std=(0.5,),
-    interpolation="bilinear",
-    notes="found by effv2's training-aware search on Fashion-MNIST (accuracy pick, trial 84); the demo model",
-    tags=("small", "found"),
+    FMNIST,
+    "found by effv2's training-aware search on Fashion-MNIST (accuracy pick, trial 84); the demo model",
+    ("small", "found"),
 )
 _card(
     "efficientnetv2_pico",
