@@ -1,8 +1,10 @@
-"""Helpers the training tests share: the pico training command line, the CLI in a subprocess (with the
-kill hook of tests/fault_run.py and an optional plugin file) and a checkpoint's training tensors."""
+"""Helpers the tests share: the pico training command line, the CLI in a subprocess (with the kill hook
+of tests/fault_run.py and an optional plugin file), a checkpoint's training tensors and a benchmark
+script loaded as a module."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,7 +14,20 @@ import torch
 from safetensors import safe_open
 
 TESTS = Path(__file__).resolve().parent
+BENCHMARKS = TESTS.parent / "benchmarks"
 FAULT_RUN = TESTS / "fault_run.py"
+
+
+def load_benchmark(script: str, name: str | None = None, register: bool = False):
+    """benchmarks/<script> as a module (the scripts are not a package); ``register`` puts it in
+    sys.modules, which dataclasses and pickling need to look its classes up by name."""
+    name = name or Path(script).stem
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / script)
+    mod = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def pico_train_args(data: Path, out: Path, sets: list[str], *extra: str) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,16 +12,16 @@ import torch
 pytest.importorskip("timm")
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from support import load_benchmark  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data" / "fashion-mnist"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("epoch_throughput", ROOT / "benchmarks" / "epoch_throughput.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("epoch_throughput.py", "epoch_throughput")
 
 
 @pytest.fixture(scope="module")

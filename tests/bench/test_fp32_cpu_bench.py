@@ -3,21 +3,20 @@ row per eager variant on the toy model (a few seconds each, in its own process).
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from support import load_benchmark  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("fp32_cpu_bench", ROOT / "benchmarks" / "fp32_cpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("fp32_cpu.py", "fp32_cpu_bench")
 
 
 def test_each_variant_runs_the_bench_it_names(bench):

@@ -3,7 +3,6 @@ and the whole --dry-run (every part on CPU, each in its own subprocess) as a slo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,15 +12,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+sys.path.insert(0, str(ROOT / "tests"))
+from support import load_benchmark  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def gc():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = mod  # dataclasses / pickling look the module up by name
-    spec.loader.exec_module(mod)
-    yield mod
+    yield load_benchmark("gpu_check.py", register=True)  # dataclasses / pickling look it up by name
     sys.modules.pop("gpu_check", None)
 
 
@@ -152,7 +149,4 @@ def test_dry_run(tmp_path):
 
 
 def _parts():
-    spec = importlib.util.spec_from_file_location("gpu_check_parts", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.PARTS
+    return load_benchmark("gpu_check.py", "gpu_check_parts").PARTS

@@ -4,8 +4,8 @@ defaults pick it, to 5% of the logit range). No timing claims."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +14,14 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from support import load_benchmark  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("inference_bench", ROOT / "benchmarks" / "inference.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("inference.py", "inference_bench")
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 import types
 from pathlib import Path
 
@@ -13,14 +13,13 @@ from effv2.models import create_model
 from effv2.search import get_space
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from support import load_benchmark  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def sf():
-    spec = importlib.util.spec_from_file_location("search_fmnist", ROOT / "benchmarks" / "search_fmnist.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("search_fmnist.py", "search_fmnist")
 
 
 def _row(n, spec, top1, step_ms, backbone=False):

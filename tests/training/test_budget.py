@@ -145,7 +145,7 @@ def test_a_replan_keeps_the_lr_continuous_and_ends_at_the_floor(kind):
 def test_the_trainer_replans_to_the_time_actually_left(monkeypatch):
     """_replan on a stand-in trainer: the plan assumed 0.1 s a step; the epoch just trained ran at 0.2 s,
     so the remaining steps shrink to what fits 95% of the time left, the lr keeps its progress, and the
-    re-plan is kept in the state. Under --deterministic nothing changes."""
+    re-plan is kept in the state. Under --deterministic nothing changes; one slow epoch does not re-plan."""
     import types
 
     from effv2.runtime import Dist
@@ -190,3 +190,10 @@ def test_the_trainer_replans_to_the_time_actually_left(monkeypatch):
     close = fake()  # within 2% of the plan: left alone
     trainer_mod.Trainer._replan(close, now[0] + (80 * 0.1 + 8 * 0.5) / 0.95 + 0.05, sp, 2.0, 20, 0.5)
     assert close.total_steps == 100 and close.state.replans == []
+    steady = fake()  # the step time is the median of the stage's last three epochs: one slow epoch is noise
+    for epoch_s in (4.0, 4.0, 8.0):  # 0.2, 0.2, then 0.4 s a step
+        trainer_mod.Trainer._replan(steady, now[0] + 12, sp, epoch_s, 20, 0.5)
+    assert steady.total_steps == 64 and steady.state.replans == [[20, 64]]
+    for _ in range(2):  # two more slow epochs: the median moves to 0.4 s, 2 epochs + 4 steps fit
+        trainer_mod.Trainer._replan(steady, now[0] + 12, sp, 8.0, 20, 0.5)
+    assert steady.total_steps == 20 + 20 + 4 and steady.state.replans == [[20, 64], [20, 44]]
