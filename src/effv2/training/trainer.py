@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ class Trainer(RunEnd):
         self.lr = LRSchedule.from_recipe(recipe, steps_per_epoch=self.steps_per_epoch, base_lr=recipe.scaled_lr)
         self.total_steps = total_steps(self.steps_per_epoch, recipe)  # max_steps may end the last epoch early
         self.state = TrainState()
-        self._rates: dict[int, list[float]] = {}  # seconds per step by stage and epoch, this session (re-plans)
+        self._rates: dict[int, deque[float]] = {}  # seconds per step, a stage's last 3 epochs this session (re-plans)
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.skipped_path = self.out_dir / "skipped.jsonl"
         self._skipped_seen: set[str] = set()
@@ -329,23 +330,23 @@ class Trainer(RunEnd):
         """Fit the rest of a time-budgeted run to the time actually left (not under --deterministic,
         whose fixed plan resumes bit for bit). A plan made from a few seconds of timing is only as good
         as the machine's steadiness (on a shared VM the same step drifted 25% within a minute): after
-        each evaluated epoch the steps still to train are recomputed from the epoch just measured
-        (later stages scaled by image area until they are measured): a stage's step time is the median
-        of its last three epochs, so one slow or fast epoch (a neighbour on the VM) does not swing the
-        plan by 15% and back. When the steps differ from the plan by more than 2% the schedule is
-        re-planned: the lr keeps its progress and spreads the rest
-        over the new length (lr.LRSchedule.with_replan), extra epochs belong to the last stage. Each
-        re-plan is kept in the state (checkpointed), so a resumed run continues the same schedule."""
+        each evaluated epoch the steps still to train are recomputed from the stage's step time, the
+        median of its last three epochs, so one epoch slowed or sped up by a neighbour on the VM does not
+        re-plan the run on its own (later stages scaled by image area until they are measured). When the
+        steps differ from the plan by more than 2% the schedule is re-planned: the lr keeps its progress
+        and spreads the rest over the new length (lr.LRSchedule.with_replan), extra epochs belong to the
+        last stage. Each re-plan is kept in the state (checkpointed), so a resumed run continues the same
+        schedule."""
         r, s = self.recipe, self.state
         if deadline is None or r.deterministic or not r.max_steps or epoch_steps < self.steps_per_epoch // 2:
             return
-        self._rates.setdefault(sp.index, []).append(epoch_s / epoch_steps)
+        self._rates.setdefault(sp.index, deque(maxlen=3)).append(epoch_s / epoch_steps)
         p = r.progressive
         m = p.n_stages if p.enabled else 1
 
         def rate(j: int) -> float:
             if j in self._rates:
-                return statistics.median(self._rates[j][-3:])
+                return statistics.median(self._rates[j])
             size = self.stage_for_index(j).image_size
             return rate(sp.index) * (size / sp.image_size) ** 2
 
