@@ -108,6 +108,9 @@ def test_a_budgeted_run_records_its_plan_and_resumes_bitwise(tmp_path):
     )
     assert plan["stage_sizes"] == [16, 24] and all(s > 0 for s in plan["step_s"])
     assert cfg["layers"]["plan"]["set"]["epochs"] == plan["epochs"]
+    # the measuring was spent out of the budget: the hard stop (time_budget_s=3600 in SETS) moved by as much
+    assert cfg["recipe"]["time_budget_s"] == pytest.approx(3600 - plan["measured_in_s"], abs=0.01)
+    assert plan["compile"] == {"used": False}  # amp=none: compile "auto" is not tried
     resumed = run_cli("train", "--resume", str(part), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((part / "config.json").read_text())["plan"] == plan  # the recorded plan, not a new one
@@ -197,3 +200,72 @@ def test_the_trainer_replans_to_the_time_actually_left(monkeypatch):
     for _ in range(2):  # two more slow epochs: the median moves to 0.4 s, 2 epochs + 4 steps fit
         trainer_mod.Trainer._replan(steady, now[0] + 12, sp, 8.0, 20, 0.5)
     assert steady.total_steps == 20 + 20 + 4 and steady.state.replans == [[20, 64], [20, 44]]
+
+
+def test_compile_auto_is_tried_only_for_a_long_enough_bf16_cpu_budget():
+    from effv2.training.budget import AUTO_COMPILE_MIN_BUDGET_S, compile_candidate
+
+    long = AUTO_COMPILE_MIN_BUDGET_S
+    assert compile_candidate("auto", device_type="cpu", amp="bf16", budget_s=long)[0] is True
+    assert compile_candidate("auto", device_type="cpu", amp="bf16", budget_s=long - 1)[0] is False
+    assert compile_candidate("auto", device_type="cpu", amp="bf16", budget_s=None)[0] is False
+    assert compile_candidate("auto", device_type="cpu", amp="none", budget_s=600)[0] is False  # fp32: 1.04x
+    assert compile_candidate("auto", device_type="cuda", amp="bf16", budget_s=600)[0] is False  # not measured
+    # a bool is obeyed whatever the machine
+    assert compile_candidate(True, device_type="cpu", amp="none", budget_s=None) == (True, "asked")
+    assert compile_candidate(False, device_type="cpu", amp="bf16", budget_s=600)[0] is False
+
+
+def test_runtime_compiles_with_static_shapes(monkeypatch):
+    """A graph per image size: torch's automatic dynamic shapes recompiled the second size of a progressive
+    run into a symbolic graph no faster than eager (benchmarks/RESULTS.md)."""
+    from effv2.runtime import Runtime
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: seen.append(kw) or net)
+    net = torch.nn.Linear(2, 2)
+    assert Runtime(compile=True).wrap(net) is net and seen == [{"dynamic": False}]
+    assert Runtime(compile=False).wrap(net) is net and len(seen) == 1
+
+
+@pytest.mark.skipif(not run_golden.SHARED.is_dir(), reason="shared Fashion-MNIST not available")
+@pytest.mark.parametrize(("compiled_s", "used"), [(0.5, True), (0.95, False)])
+def test_the_planner_keeps_compile_only_when_its_plan_has_enough_more_steps(tmp_path, monkeypatch, compiled_s, used):
+    """compile "auto": eager and compiled are timed per stage (stubbed here: a compiled step of half or
+    95% of the eager one), the compiled plan must have 1.1x the steps, and the measuring counts
+    against the budget (the plan is for what is left, the hard stop moves by as much)."""
+    import effv2.training.api as api
+    import effv2.training.budget as budget
+
+    stub = {False: 0.01, True: 0.01 * compiled_s}
+    monkeypatch.setattr(api, "compile_candidate", lambda *a, **k: (True, "test"))
+    monkeypatch.setattr(budget, "_time_interleaved", lambda *a, **k: dict(stub))
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: net)  # the run itself: no real compiling in a unit test
+    data = run_golden.write_subset(tmp_path / "fm")
+    sets = [s for s in SETS if not s.startswith("time_budget_s")] + ["compile=auto", "progressive.enabled=false"]
+    overrides = [*sets, "time_budget=3s"]
+    api.train(
+        "efficientnetv2_pico", "fashion-mnist", tmp_path / "run", data_dir=str(data), overrides=overrides, quiet=True
+    )
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    plan, rec = cfg["plan"], cfg["recipe"]
+    c = plan["compile"]
+    assert c["used"] is used and rec["compile"] is used and cfg["layers"]["plan"]["set"]["compile"] is used
+    assert c["eager_step_s"] == [0.01] and c["compiled_step_s"] == [round(0.01 * compiled_s, 5)]
+    assert (c["compiled_steps"] >= 1.1 * c["eager_steps"]) is used
+    assert plan["steps"] == (c["compiled_steps"] if used else c["eager_steps"])
+    assert plan["step_s"] == (c["compiled_step_s"] if used else c["eager_step_s"])
+    assert 0 < plan["measured_in_s"] < 3 and plan["left_s"] == pytest.approx(3 - plan["measured_in_s"], abs=0.02)
+    assert rec["time_budget_s"] == pytest.approx(3 - plan["measured_in_s"], abs=0.01)
+    assert plan["planned_s"] <= (1 - plan["margin"]) * plan["left_s"] + 1e-6
+
+
+def test_compile_auto_without_a_budget_is_recorded_as_off(tmp_path, monkeypatch):
+    import effv2.training.api as api
+
+    if not run_golden.SHARED.is_dir():
+        pytest.skip("shared Fashion-MNIST not available")
+    data = run_golden.write_subset(tmp_path / "fm")
+    sets = [s for s in SETS if not s.startswith("time_budget_s")] + ["compile=auto", "epochs=1"]
+    api.train("efficientnetv2_pico", "fashion-mnist", tmp_path / "run", data_dir=str(data), overrides=sets, quiet=True)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["recipe"]["compile"] is False

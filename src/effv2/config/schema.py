@@ -136,7 +136,10 @@ class Recipe:
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto = fast_defaults: bf16 on AMX CPUs and Ampere+ GPUs
     # auto = effv2.bench.machine.fast_defaults (measured: on for CPU and CUDA)
     channels_last: Literal["auto"] | bool = "auto"
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model (static shapes: one graph per image size). "auto": only a time-budgeted run
+    # of 5 minutes or more on a CPU that computes bf16 natively tries it, and keeps it only when the
+    # compiled plan has at least 1.1x the eager plan's steps (training/budget.py, compile_candidate)
+    compile: Literal["auto"] | bool = False
     # -- progressive learning (schedule.py)
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     # -- data

@@ -26,7 +26,7 @@ from ..models import create_model, get_card
 from ..runtime import deterministic as deterministic_mode
 from ..runtime import resolve_runtime
 from ..runtime.distributed import barrier, cleanup, gather_objects
-from .budget import plan_budget
+from .budget import compile_candidate, plan_budget
 from .build import adapt_and_load, build_model, build_parts, channel_stats, init_overrides, seed_everything
 from .callbacks import Callback
 from .logging_sinks import logging_callbacks, parse_log
@@ -222,36 +222,74 @@ def _train(
         device,
         amp=rec.amp,
         channels_last=rec.channels_last,
-        compile=rec.compile,
+        compile=rec.compile is True,  # "auto" is decided below, by measuring (a resumed run: already decided)
         batch_size=rec.batch_size,
         distributed=True,
     )
     dist = runtime.dist
     try:
         plan = None
-        if rec.time_budget is not None and not resume:
-            budget_s = parse_duration(rec.time_budget, "--time-budget")
+        budget_s = None if rec.time_budget is None or resume else parse_duration(rec.time_budget, "--time-budget")
+        try_compile, why = compile_candidate(
+            rec.compile, device_type=runtime.device.type, amp=runtime.amp, budget_s=budget_s
+        )
+        if budget_s is not None:
             if dist.is_main and not quiet:
-                print(f"measuring step times for a {rec.time_budget} budget ...", flush=True)
+                tried = " (eager and compiled: " + why + ")" if try_compile else ""
+                print(f"measuring step times for a {rec.time_budget} budget{tried} ...", flush=True)
             # every rank measures (the steps are collective under DDP); rank 0's plan is the plan
             plan = gather_objects(
-                plan_budget(rec, model, bundle, runtime, run_info(rec, model, bundle, start), budget_s=budget_s), dist
+                plan_budget(
+                    rec,
+                    model,
+                    bundle,
+                    runtime,
+                    run_info(rec, model, bundle, start),
+                    budget_s=budget_s,
+                    try_compile=try_compile,
+                ),
+                dist,
             )[0]
+            # the measuring (and compiling) was spent out of the budget: the hard stop moves by as much
+            stop_s = max((rec.time_budget_s or budget_s) - plan["measured_in_s"], 1.0)
             rec = replace(
-                rec, epochs=plan["epochs"], max_steps=plan["steps"], time_budget_s=rec.time_budget_s or budget_s
+                rec,
+                epochs=plan["epochs"],
+                max_steps=plan["steps"],
+                time_budget_s=stop_s,
+                compile=bool(plan["compile"]["used"]),
             )
             provenance["plan"] = {
                 "source": f"time budget {rec.time_budget}, measured on this machine",
-                "set": {"epochs": rec.epochs, "max_steps": rec.max_steps, "time_budget_s": rec.time_budget_s},
+                "set": {
+                    "epochs": rec.epochs,
+                    "max_steps": rec.max_steps,
+                    "time_budget_s": rec.time_budget_s,
+                    "compile": rec.compile,
+                },
             }
             if dist.is_main and not quiet:
                 print(
                     f"plan: {plan['steps']} steps ({plan['steps'] / plan['steps_per_epoch']:.2f} epochs), "
                     f"{plan['planned_s']:.0f}s of {budget_s:.0f}s (step "
                     + ", ".join(f"{1e3 * t:.0f} ms at {sz}px" for t, sz in zip(plan["step_s"], plan["stage_sizes"]))
-                    + f"; evaluation {plan['eval_s']:.1f}s)",
+                    + f"; evaluation {plan['eval_s']:.1f}s; measured in {plan['measured_in_s']:.0f}s)",
                     flush=True,
                 )
+                c = plan["compile"]
+                if "compiled_steps" in c:
+                    print(
+                        f"compile: {'on' if c['used'] else 'off'} (a step eager "
+                        + ", ".join(f"{1e3 * t:.0f}" for t in c["eager_step_s"])
+                        + " ms, compiled "
+                        + ", ".join(f"{1e3 * t:.0f}" for t in c["compiled_step_s"])
+                        + f" ms: {c['compiled_steps']} steps against {c['eager_steps']}; "
+                        "compiling is counted in the budget)",
+                        flush=True,
+                    )
+        elif rec.compile == "auto":
+            rec = replace(rec, compile=try_compile)  # recorded as decided, so --resume runs the same way
+        runtime = replace(runtime, compile=rec.compile is True)
         if dist.is_main:
             if resume:
                 write_config(out, cfg)  # --epochs may have extended it

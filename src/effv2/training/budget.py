@@ -19,11 +19,21 @@ while a stage trains below the eval size: trainer.py's ``top1_stage``) is measur
 and scaled to the validation set. Once made, the plan is data: ``--resume`` uses the recorded
 epochs and steps, so a resumed run follows the same schedule and stays bitwise exact. The budget is
 also the hard stop (time_budget_s), in case the machine runs slower than when it was measured.
+
+The measuring counts against the budget: the plan is made for the budget less the time measuring took,
+and the hard stop is moved by as much. That matters when the recipe says ``compile: "auto"``
+(:func:`compile_candidate`): the planner then times every stage's step eager and compiled (static
+shapes, a graph per size: 20-30 s each on a 2-core CPU with an empty inductor cache, about 2 s with a
+warm one), in alternating blocks so that a machine that drifts while it is measured favours neither,
+and keeps the compiled step when its plan has at least ``AUTO_COMPILE_MIN_SPEEDUP`` times the eager
+plan's steps (the compile time is spent by then either way). The run itself then starts with every
+training graph compiled: a second model of the same architecture reuses them.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from ..data.imagesets import ImageSet
@@ -37,6 +47,30 @@ from .schedule import all_stages, stage_bounds
 # plan for 90% of the budget: on a shared 2-core VM the same step measured 154-201 ms minutes apart
 # (benchmarks/RESULTS.md); a plan that overruns is cut by the hard stop before its lr has decayed
 MARGIN = 0.10
+
+# compile: "auto" (see compile_candidate). On the 2-core Zen 4 EPYC (avx512_bf16) the demo's model trains
+# 1.5-1.6x faster compiled (static shapes) than eager bf16 + channels_last, and an empty cache compiles
+# its two training sizes in about 50 s; a 2-minute budget spends too much of itself compiling to gain
+# (benchmarks/RESULTS.md, "torch.compile for a budgeted bf16 run"). Without native bf16 (fp32) the same
+# model measured 1.04x compiled on the AVX2 stand-in: not tried there.
+AUTO_COMPILE_MIN_BUDGET_S = 300.0
+AUTO_COMPILE_MIN_SPEEDUP = 1.10  # in planned steps: above the timing noise of interleaved blocks
+
+
+def compile_candidate(setting: Any, *, device_type: str, amp: str, budget_s: float | None) -> tuple[bool, str]:
+    """Whether a run tries torch.compile, and why (pure). ``setting`` is the recipe's ``compile``: a bool
+    is obeyed; "auto" tries it only for a time budget of at least ``AUTO_COMPILE_MIN_BUDGET_S`` on a CPU
+    whose fast default is bf16 (native bf16: eager bf16 leaves the elementwise ops unfused, which is what
+    compiling removes). The planner then keeps it only if it measures faster (:func:`plan_budget`)."""
+    if setting != "auto":
+        return bool(setting), "asked" if setting else "off (recipe)"
+    if budget_s is None:
+        return False, "auto: off without a time budget"
+    if budget_s < AUTO_COMPILE_MIN_BUDGET_S:
+        return False, f"auto: off, a {budget_s:.0f}s budget is under {AUTO_COMPILE_MIN_BUDGET_S:.0f}s"
+    if device_type != "cpu" or amp != "bf16":
+        return False, f"auto: off on {device_type} with amp {amp} (measured to pay only for bf16 on CPU)"
+    return True, "auto: a CPU with native bf16 and a budget long enough to repay compiling"
 
 
 def planned_seconds(
@@ -122,6 +156,30 @@ def _time_steps(step, batches, *, warm: int, timed: int, device, max_warm: int =
     return times[len(times) // 2]
 
 
+def _time_interleaved(
+    step, task, nets, batches, *, warm: int, timed: int, device, rounds: int = 3
+) -> dict[bool, float]:
+    """Median seconds per step of ``step`` with the task bound to ``nets[False]`` (eager) and to
+    ``nets[True]`` (compiled: its first step compiles), each warmed up, then timed in alternating blocks
+    so that a machine that speeds up or slows down while it is measured favours neither."""
+    runtime = task.runtime
+    for c in (False, True):
+        task.bind(nets[c], runtime)
+        _time_steps(step, batches, warm=warm, timed=1, device=device)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    per = max(1, -(-timed // rounds))
+    for _ in range(rounds):
+        for c in (False, True):
+            task.bind(nets[c], runtime)
+            for _ in range(per):
+                t0 = time.perf_counter()
+                step(next(batches), 0)
+                synchronize(device)
+                times[c].append(time.perf_counter() - t0)
+    task.bind(nets[False], runtime)
+    return {c: sorted(v)[len(v) // 2] for c, v in times.items()}
+
+
 def _endless(streams, ctx: StepContext):
     epoch = 0
     while True:
@@ -164,16 +222,22 @@ def plan_budget(
     info: Any,
     *,
     budget_s: float,
+    try_compile: bool = False,
     warm: int = 2,
     timed: int = 10,
 ) -> dict[str, Any]:
-    """Measure and plan (see the module docstring). Returns the plan recorded in config.json."""
+    """Measure and plan (see the module docstring). Returns the plan recorded in config.json.
+    ``try_compile``: time every stage eager and compiled and keep the plan with more steps (by
+    ``AUTO_COMPILE_MIN_SPEEDUP``); the plan's ``compile.used`` says which the run must use."""
     from .build import build_model, build_parts, train_step
 
     t_start = time.perf_counter()
     net = build_model(model_name, num_classes=len(bundle.classes), in_chans=bundle.in_chans)
     parts = build_parts(recipe, net, runtime, bundle=bundle)
-    step = train_step(parts, runtime, recipe)
+    step = train_step(parts, replace(runtime, compile=False) if try_compile else runtime, recipe)
+    # try_compile: the task's forward eager (False) and compiled (True), rebound in turn to one TrainStep
+    nets = {c: replace(runtime, compile=c).wrap(parts.model) for c in (False, True)} if try_compile else {}
+    compiled_s: list[float] = []
     p = recipe.progressive
     stages = all_stages(
         p, train_size=info.train_size, dropout=info.dropout, drop_path=info.drop_path, eval_size=recipe.eval_size
@@ -199,7 +263,13 @@ def plan_budget(
             std=info.std,
             channels_last=runtime.channels_last,
         )
-        step_s.append(_time_steps(step, _endless(parts.streams, ctx), warm=warm, timed=timed, device=runtime.device))
+        batches = _endless(parts.streams, ctx)
+        if try_compile:
+            pair = _time_interleaved(step, parts.task, nets, batches, warm=warm, timed=timed, device=runtime.device)
+            step_s.append(pair[False])
+            compiled_s.append(pair[True])
+        else:
+            step_s.append(_time_steps(step, batches, warm=warm, timed=timed, device=runtime.device))
     one_eval = _eval_seconds(parts.model, bundle.val, runtime, info, recipe.eval_batch_size, recipe.num_workers)
     # a stage below the eval size is also evaluated at its own size (top1_stage): scaled by pixels
     eval_s = [
@@ -207,14 +277,33 @@ def plan_budget(
         for sp in stages
     ]
     min_steps = max(1, warmup_steps(steps_per_epoch, recipe) + 1)
-    steps = plan_steps(
-        budget_s,
-        stage_step_s=step_s,
-        steps_per_epoch=steps_per_epoch,
-        eval_s=eval_s,
-        eval_every=recipe.eval_every_epochs,
-        min_steps=min_steps,
-    )
+    measured_in_s = time.perf_counter() - t_start  # counts against the budget
+    left_s = max(budget_s - measured_in_s, 0.0)
+
+    def plan_for(times: list[float]) -> int:
+        return plan_steps(
+            left_s,
+            stage_step_s=times,
+            steps_per_epoch=steps_per_epoch,
+            eval_s=eval_s,
+            eval_every=recipe.eval_every_epochs,
+            min_steps=min_steps,
+        )
+
+    steps = plan_for(step_s)
+    compiled: dict[str, Any] = {"used": False}
+    if try_compile:  # the compile time is spent either way: keep compiled if it plans enough more steps
+        compiled_steps = plan_for(compiled_s)
+        used = compiled_steps >= AUTO_COMPILE_MIN_SPEEDUP * steps
+        compiled = {
+            "used": used,
+            "eager_step_s": [round(t, 5) for t in step_s],
+            "compiled_step_s": [round(t, 5) for t in compiled_s],
+            "eager_steps": steps,
+            "compiled_steps": compiled_steps,
+        }
+        if used:
+            step_s, steps = compiled_s, compiled_steps
     planned = planned_seconds(
         steps, stage_step_s=step_s, steps_per_epoch=steps_per_epoch, eval_s=eval_s, eval_every=recipe.eval_every_epochs
     )
@@ -228,6 +317,9 @@ def plan_budget(
         "step_s": [round(s, 5) for s in step_s],
         "steps_per_epoch": steps_per_epoch,
         "eval_s": round(one_eval, 3),
-        "measured_in_s": round(time.perf_counter() - t_start, 2),
+        "measured_in_s": round(measured_in_s, 2),
+        "left_s": round(left_s, 2),
         "evaluation": "counted in the budget",
+        "measuring": "counted in the budget",
+        "compile": compiled,
     }
