@@ -229,35 +229,64 @@ def test_runtime_compiles_with_static_shapes(monkeypatch):
 
 
 @pytest.mark.skipif(not run_golden.SHARED.is_dir(), reason="shared Fashion-MNIST not available")
-@pytest.mark.parametrize(("compiled_s", "used"), [(0.5, True), (0.95, False)])
-def test_the_planner_keeps_compile_only_when_its_plan_has_enough_more_steps(tmp_path, monkeypatch, compiled_s, used):
-    """compile "auto": eager and compiled are timed per stage (stubbed here: a compiled step of half or
-    95% of the eager one), the compiled plan must have 1.1x the steps, and the measuring counts
+@pytest.mark.parametrize(
+    ("compiled", "outcome"),
+    [
+        ({24: 0.005, 16: 0.005}, "used"),  # 2x at both sizes
+        ({24: 0.0095}, "not tried further"),  # 1.05x at the largest size: 16 px is never compiled
+        ({24: 0.009, 16: 0.02}, "plan too small"),  # 1.11x at 24 px, but 2x slower at 16 px
+        ({24: "fail"}, "failed"),  # torch.compile raises (no C compiler, ...): the run trains eager
+    ],
+)
+def test_the_planner_keeps_compile_only_when_it_pays(tmp_path, monkeypatch, compiled, outcome):
+    """compile "auto": the largest size is timed eager and compiled first (stubbed here: eager 10 ms a
+    step), then the others, and the compiled plan must have 1.05x the steps; the measuring counts
     against the budget (the plan is for what is left, the hard stop moves by as much)."""
     import effv2.training.api as api
     import effv2.training.budget as budget
 
-    stub = {False: 0.01, True: 0.01 * compiled_s}
+    sizes: list[int] = []
+
+    def fake_interleaved(step, task, nets, batches, **kw):
+        size = next(iter(next(batches).values())).x.shape[-1]
+        sizes.append(size)
+        if compiled[size] == "fail":
+            raise RuntimeError("no working C compiler found\n(the rest of inductor's message)")
+        return {False: 0.01, True: compiled[size]}
+
     monkeypatch.setattr(api, "compile_candidate", lambda *a, **k: (True, "test"))
-    monkeypatch.setattr(budget, "_time_interleaved", lambda *a, **k: dict(stub))
+    monkeypatch.setattr(budget, "_time_interleaved", fake_interleaved)
     monkeypatch.setattr(torch, "compile", lambda net, **kw: net)  # the run itself: no real compiling in a unit test
     data = run_golden.write_subset(tmp_path / "fm")
-    sets = [s for s in SETS if not s.startswith("time_budget_s")] + ["compile=auto", "progressive.enabled=false"]
-    overrides = [*sets, "time_budget=3s"]
+    sets = [s for s in SETS if not s.startswith("time_budget_s")] + ["compile=auto"]
     api.train(
-        "efficientnetv2_pico", "fashion-mnist", tmp_path / "run", data_dir=str(data), overrides=overrides, quiet=True
+        "efficientnetv2_pico",
+        "fashion-mnist",
+        tmp_path / "run",
+        data_dir=str(data),
+        overrides=[*sets, "time_budget=3s"],
+        quiet=True,
     )
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     plan, rec = cfg["plan"], cfg["recipe"]
     c = plan["compile"]
+    used = outcome == "used"
     assert c["used"] is used and rec["compile"] is used and cfg["layers"]["plan"]["set"]["compile"] is used
-    assert c["eager_step_s"] == [0.01] and c["compiled_step_s"] == [round(0.01 * compiled_s, 5)]
-    assert (c["compiled_steps"] >= 1.1 * c["eager_steps"]) is used
-    assert plan["steps"] == (c["compiled_steps"] if used else c["eager_steps"])
-    assert plan["step_s"] == (c["compiled_step_s"] if used else c["eager_step_s"])
+    assert sizes == list(compiled)  # the largest size first
+    if outcome == "failed":
+        assert c == {"used": False, "tried_at": 24, "error": "RuntimeError: no working C compiler found"}
+        assert all(t > 0 for t in plan["step_s"])  # both sizes timed eager
+    elif outcome == "not tried further":
+        assert c == {"used": False, "tried_at": 24, "eager_step_s": 0.01, "compiled_step_s": 0.0095}
+        assert plan["step_s"][1] == 0.01 and plan["step_s"][0] > 0  # 16 px timed eager only
+    else:
+        assert c["eager_step_s"] == [0.01, 0.01] and c["compiled_step_s"] == [compiled[16], compiled[24]]
+        assert (c["compiled_steps"] >= 1.05 * c["eager_steps"]) is used
+        assert plan["steps"] == (c["compiled_steps"] if used else c["eager_steps"])
+        assert plan["step_s"] == (c["compiled_step_s"] if used else c["eager_step_s"])
     assert 0 < plan["measured_in_s"] < 3 and plan["left_s"] == pytest.approx(3 - plan["measured_in_s"], abs=0.02)
     assert rec["time_budget_s"] == pytest.approx(3 - plan["measured_in_s"], abs=0.01)
-    assert plan["planned_s"] <= (1 - plan["margin"]) * plan["left_s"] + 1e-6
+    assert plan["planned_s"] <= (1 - plan["margin"]) * plan["left_s"] + 0.01  # both rounded to 0.01 s
 
 
 def test_compile_auto_without_a_budget_is_recorded_as_off(tmp_path, monkeypatch):

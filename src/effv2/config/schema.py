@@ -138,7 +138,7 @@ class Recipe:
     channels_last: Literal["auto"] | bool = "auto"
     # torch.compile the model (static shapes: one graph per image size). "auto": only a time-budgeted run
     # of 5 minutes or more on a CPU that computes bf16 natively tries it, and keeps it only when the
-    # compiled plan has at least 1.1x the eager plan's steps (training/budget.py, compile_candidate)
+    # compiled plan has at least 1.05x the eager plan's steps (training/budget.py, compile_candidate)
     compile: Literal["auto"] | bool = False
     # -- progressive learning (schedule.py)
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)

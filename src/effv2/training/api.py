@@ -287,6 +287,15 @@ def _train(
                         "compiling is counted in the budget)",
                         flush=True,
                     )
+                elif "error" in c:
+                    print(f"compile: off (torch.compile failed at {c['tried_at']}px: {c['error']}); training eager")
+                elif "tried_at" in c:
+                    print(
+                        f"compile: off (at {c['tried_at']}px eager {1e3 * c['eager_step_s']:.0f} ms, compiled "
+                        f"{1e3 * c['compiled_step_s']:.0f} ms a step: under 1.1x faster; the other sizes not "
+                        "compiled; compiling is counted in the budget)",
+                        flush=True,
+                    )
         elif rec.compile == "auto":
             rec = replace(rec, compile=try_compile)  # recorded as decided, so --resume runs the same way
         runtime = replace(runtime, compile=rec.compile is True)

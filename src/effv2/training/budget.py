@@ -22,12 +22,14 @@ also the hard stop (time_budget_s), in case the machine runs slower than when it
 
 The measuring counts against the budget: the plan is made for the budget less the time measuring took,
 and the hard stop is moved by as much. That matters when the recipe says ``compile: "auto"``
-(:func:`compile_candidate`): the planner then times every stage's step eager and compiled (static
+(:func:`compile_candidate`): the planner then times the largest stage's step eager and compiled (static
 shapes, a graph per size: 20-30 s each on a 2-core CPU with an empty inductor cache, about 2 s with a
-warm one), in alternating blocks so that a machine that drifts while it is measured favours neither,
-and keeps the compiled step when its plan has at least ``AUTO_COMPILE_MIN_SPEEDUP`` times the eager
-plan's steps (the compile time is spent by then either way). The run itself then starts with every
-training graph compiled: a second model of the same architecture reuses them.
+warm one), in alternating blocks so that a machine that drifts while it is measured favours neither.
+Unless the compiled step is ``AUTO_COMPILE_MIN_SPEEDUP`` faster there, nothing else is compiled; else
+every other stage is timed both ways too, and the compiled step is kept when its plan has at least
+``AUTO_COMPILE_MIN_GAIN`` times the eager plan's steps (the compile time is spent by then either way).
+The run itself then starts with every training graph compiled: a second model of the same architecture
+reuses them.
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ MARGIN = 0.10
 # (benchmarks/RESULTS.md, "torch.compile for a budgeted bf16 run"). Without native bf16 (fp32) the same
 # model measured 1.04x compiled on the AVX2 stand-in: not tried there.
 AUTO_COMPILE_MIN_BUDGET_S = 300.0
-AUTO_COMPILE_MIN_SPEEDUP = 1.10  # in planned steps: above the timing noise of interleaved blocks
+# the largest stage's compiled step must be this much faster for the other sizes to be compiled too, and
+# the compiled plan must have this many times the eager plan's steps (the compile time is spent by then:
+# anything above the noise of interleaved timing pays)
+AUTO_COMPILE_MIN_SPEEDUP = 1.10
+AUTO_COMPILE_MIN_GAIN = 1.05
 
 
 def compile_candidate(setting: Any, *, device_type: str, amp: str, budget_s: float | None) -> tuple[bool, str]:
@@ -227,8 +233,8 @@ def plan_budget(
     timed: int = 10,
 ) -> dict[str, Any]:
     """Measure and plan (see the module docstring). Returns the plan recorded in config.json.
-    ``try_compile``: time every stage eager and compiled and keep the plan with more steps (by
-    ``AUTO_COMPILE_MIN_SPEEDUP``); the plan's ``compile.used`` says which the run must use."""
+    ``try_compile``: time the stages eager and compiled, largest first, and keep the plan with more
+    steps (module docstring); the plan's ``compile.used`` says which the run must use."""
     from .build import build_model, build_parts, train_step
 
     t_start = time.perf_counter()
@@ -237,15 +243,14 @@ def plan_budget(
     step = train_step(parts, replace(runtime, compile=False) if try_compile else runtime, recipe)
     # try_compile: the task's forward eager (False) and compiled (True), rebound in turn to one TrainStep
     nets = {c: replace(runtime, compile=c).wrap(parts.model) for c in (False, True)} if try_compile else {}
-    compiled_s: list[float] = []
     p = recipe.progressive
     stages = all_stages(
         p, train_size=info.train_size, dropout=info.dropout, drop_path=info.drop_path, eval_size=recipe.eval_size
     )
     batch = recipe.batch_size // runtime.dist.world_size
     steps_per_epoch = count_steps(len(bundle.train), batch, runtime.dist.world_size)
-    step_s: list[float] = []
-    for sp in stages:
+
+    def stage_batches(sp):
         parts.task.on_stage(sp)
         ctx = StepContext(
             batch_size=batch,
@@ -263,13 +268,36 @@ def plan_budget(
             std=info.std,
             channels_last=runtime.channels_last,
         )
-        batches = _endless(parts.streams, ctx)
-        if try_compile:
-            pair = _time_interleaved(step, parts.task, nets, batches, warm=warm, timed=timed, device=runtime.device)
-            step_s.append(pair[False])
-            compiled_s.append(pair[True])
+        return _endless(parts.streams, ctx)
+
+    step_s = [0.0] * len(stages)
+    compiled_s: list[float | None] = [None] * len(stages)
+    # trying compile: the largest size first (most of the run's time, and where compiling gains most);
+    # if it is not AUTO_COMPILE_MIN_SPEEDUP faster there, the other sizes are not compiled at all
+    order = sorted(range(len(stages)), key=lambda i: -stages[i].image_size) if try_compile else range(len(stages))
+    why_not: dict[str, Any] = {}  # why compiling stopped before every size was compiled
+    for k, i in enumerate(order):
+        batches = stage_batches(stages[i])
+        if try_compile and not why_not:
+            try:
+                pair = _time_interleaved(step, parts.task, nets, batches, warm=warm, timed=timed, device=runtime.device)
+            except Exception as exc:  # no C compiler, an op inductor cannot lower, ...: the run trains eager
+                parts.task.bind(nets[False], parts.task.runtime)
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                why_not = {"tried_at": stages[i].image_size, "error": f"{type(exc).__name__}: {first}"}
+                step_s[i] = _time_steps(step, batches, warm=warm, timed=timed, device=runtime.device)
+                continue
+            step_s[i] = pair[False]
+            if k > 0 or pair[True] * AUTO_COMPILE_MIN_SPEEDUP <= pair[False]:
+                compiled_s[i] = pair[True]
+            else:
+                why_not = {
+                    "tried_at": stages[i].image_size,
+                    "eager_step_s": round(pair[False], 5),
+                    "compiled_step_s": round(pair[True], 5),
+                }
         else:
-            step_s.append(_time_steps(step, batches, warm=warm, timed=timed, device=runtime.device))
+            step_s[i] = _time_steps(step, batches, warm=warm, timed=timed, device=runtime.device)
     one_eval = _eval_seconds(parts.model, bundle.val, runtime, info, recipe.eval_batch_size, recipe.num_workers)
     # a stage below the eval size is also evaluated at its own size (top1_stage): scaled by pixels
     eval_s = [
@@ -292,9 +320,11 @@ def plan_budget(
 
     steps = plan_for(step_s)
     compiled: dict[str, Any] = {"used": False}
-    if try_compile:  # the compile time is spent either way: keep compiled if it plans enough more steps
+    if try_compile and why_not:  # failed, or not faster enough at the largest size: the rest not compiled
+        compiled = {"used": False, **why_not}
+    elif try_compile:  # the compile time is spent either way: keep compiled if it plans enough more steps
         compiled_steps = plan_for(compiled_s)
-        used = compiled_steps >= AUTO_COMPILE_MIN_SPEEDUP * steps
+        used = compiled_steps >= AUTO_COMPILE_MIN_GAIN * steps
         compiled = {
             "used": used,
             "eager_step_s": [round(t, 5) for t in step_s],
