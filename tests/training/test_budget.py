@@ -200,6 +200,12 @@ def test_the_trainer_replans_to_the_time_actually_left(monkeypatch):
     for _ in range(2):  # two more slow epochs: the median moves to 0.4 s, 2 epochs + 4 steps fit
         trainer_mod.Trainer._replan(steady, now[0] + 12, sp, 8.0, 20, 0.5)
     assert steady.total_steps == 20 + 20 + 4 and steady.state.replans == [[20, 64], [20, 44]]
+    # near the end the threshold is 2% of the steps still to train, not of the run: 10 steps left and
+    # time for 12 (0.95 x left = 2.25 s: an epoch of 10 x 0.1 s + 0.5 s eval, then 2 steps + an eval)
+    end = fake()
+    end.state = TrainState(epoch=9, global_step=90)
+    trainer_mod.Trainer._replan(end, now[0] + 2.25 / 0.95, sp, 1.0, 10, 0.5)
+    assert end.total_steps == 102 and end.state.replans == [[90, 102]]  # 2 of 100 was "close enough" before
 
 
 def test_compile_auto_is_tried_only_for_a_long_enough_bf16_cpu_budget():
