@@ -51,8 +51,9 @@ from .schedule import all_stages, stage_bounds
 MARGIN = 0.10
 
 # compile: "auto" (see compile_candidate). On the 2-core Zen 4 EPYC (avx512_bf16) the demo's model trains
-# 1.5-1.6x faster compiled (static shapes) than eager bf16 + channels_last, and an empty cache compiles
-# its two training sizes in about 50 s; a 2-minute budget spends too much of itself compiling to gain
+# 1.24x (24 px) and 1.39x (28 px) faster compiled (static shapes) than eager bf16 + channels_last, timed
+# interleaved, and an empty cache compiles its two training sizes in about 50 s; a 2-minute budget spends
+# too much of itself compiling to gain
 # (benchmarks/RESULTS.md, "torch.compile for a budgeted bf16 run"). Without native bf16 (fp32) the same
 # model measured 1.04x compiled on the AVX2 stand-in: not tried there.
 AUTO_COMPILE_MIN_BUDGET_S = 300.0
