@@ -2,6 +2,9 @@
 
 __version__ = "0.1.0"
 
+# first: reads whether the user set TORCHINDUCTOR_CACHE_DIR before torch._dynamo's import fills it in
+from .runtime import compile_cache as _compile_cache  # noqa: E402, F401, I001
+
 from .models import ArchSpec, EfficientNetV2, Stage, create_model, list_models  # noqa: E402
 
 

@@ -118,13 +118,22 @@ class CurvesProbe(Callback):
 
 
 @needs_data
-def test_tensorboard_and_csv_mirror_metrics_jsonl_and_curves_follow_every_evaluation(tmp_path, data, monkeypatch):
+def test_tensorboard_and_csv_mirror_metrics_jsonl_and_curves_follow_every_evaluation(
+    tmp_path, data, monkeypatch, capsys
+):
     probe, real = CurvesProbe(), api.train
     monkeypatch.setattr(api, "train", lambda *a, callbacks=(), **kw: real(*a, callbacks=[*callbacks, probe], **kw))
     run = tmp_path / "run"
-    assert main(pico_train_args(data, run, SETS, "--log", "tensorboard,csv")) == 0
+    args = [a for a in pico_train_args(data, run, SETS, "--log", "tensorboard,csv") if a != "--quiet"]
+    assert main(args) == 0
     rows = _jsonl(run)
     assert [r["step"] for r in rows] == [7, 14] and "top1_stage" in rows[0] and "top1_stage" not in rows[1]
+    # the epoch line leads with the stage's own figure while a stage trains below the eval size
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ") and " top5 " in x]
+    assert len(lines) == 2
+    r0, r1 = rows
+    assert f"size 16: top1 {r0['top1_stage']:.2f}% at 16px; at the 24px eval size top1 {r0['top1']:.2f}% " in lines[0]
+    assert f"size 24: top1 {r1['top1']:.2f}% top5 {r1['top5']:.2f}% " in lines[1]
     events = _events(run)
     for tag in ("train/loss", "train/lr", "val/top1", "val/top5", "val/top1_stage", "schedule/image_size"):
         assert tag in events, tag  # the tags a user looks for

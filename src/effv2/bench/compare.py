@@ -37,6 +37,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..models import create_model, get_card
+from ..runtime.compile_cache import use_persistent_compile_cache
 from .timing import Step, check_sizes, resolve_device, run_timed, summarize
 
 LIBRARIES: tuple[str, ...] = ("timm", "torchvision")
@@ -283,6 +284,7 @@ def make_step(model: nn.Module, s: Settings, cfg: BenchConfig, in_chans: int, de
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
     if s.compile:
+        use_persistent_compile_cache()
         model = torch.compile(model)
     return build_infer_step(model, **common)
 

@@ -9,6 +9,7 @@ timed for the search's reward or by ``effv2 bench`` runs exactly as training run
 - channels_last: "auto" = the fast default (on for CPU and CUDA);
 - compile: off unless asked; static shapes (a graph per input shape: dynamo's automatic dynamic
   shapes, after the second image size of a progressive run, compiled a graph no faster than eager);
+  inductor's cache in the user's cache folder, not /tmp (:mod:`.compile_cache`);
 - distributed: torchrun's environment (gloo on CPU, NCCL on CUDA), see :mod:`.distributed`;
 - deterministic mode, scoped: :func:`deterministic` restores the process-wide flags on exit;
 - threads: :func:`use_threads` sets torch's intra-op threads once, for a block, and restores them.
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from .compile_cache import use_persistent_compile_cache
 from .distributed import Dist, init_distributed
 
 AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
@@ -148,6 +150,7 @@ class Runtime:
             # dynamic=False: torch's default marks H and W dynamic once a second image size arrives and
             # recompiles one symbolic-shape graph; measured on the demo's model at 28 px (bf16, 2-core
             # Zen 4): 104 ms a step that way, 71 ms with a static graph per size, 107 ms eager
+            use_persistent_compile_cache()
             net = torch.compile(net, dynamic=False)
         return net
 

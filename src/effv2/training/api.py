@@ -284,7 +284,8 @@ def _train(
                         + " ms, compiled "
                         + ", ".join(f"{1e3 * t:.0f}" for t in c["compiled_step_s"])
                         + f" ms: {c['compiled_steps']} steps against {c['eager_steps']}; "
-                        "compiling is counted in the budget)",
+                        "compiling is counted in the budget; inductor cache "
+                        f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'torch default')})",
                         flush=True,
                     )
                 elif "error" in c:

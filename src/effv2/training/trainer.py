@@ -413,11 +413,13 @@ class Trainer(RunEnd):
             rec = self.record(sp, self.evaluate(self.bundle.val), at_stage)
             if completed and not last:
                 self._replan(deadline, sp, s.wall_s - wall0, s.global_step - step0, time.perf_counter() - t_eval)
-            stage_part = f" (at {sp.image_size}px: {at_stage['top1']:.2f}%)" if at_stage else ""
+            # the stage's own figure first: it is the one that says how training goes
+            at_eval = f"at the {self.info.eval_size}px eval size top1" if at_stage else "top1"
             self.log(
                 f"epoch {rec['epoch'] if completed else s.epoch + 1}/{self.planned_epochs} stage {sp.index + 1} "
-                f"size {sp.image_size}: top1 {rec['top1']:.2f}% at {self.info.eval_size}px{stage_part} "
-                f"top5 {rec['top5']:.2f}% loss {rec['loss']:.4f} ({s.wall_s:.0f}s)"
+                f"size {sp.image_size}: "
+                + (f"top1 {at_stage['top1']:.2f}% at {sp.image_size}px; " if at_stage else "")
+                + f"{at_eval} {rec['top1']:.2f}% top5 {rec['top5']:.2f}% loss {rec['loss']:.4f} ({s.wall_s:.0f}s)"
             )
             improved = rec["top1"] > s.best_top1
             s.best_top1 = max(s.best_top1, rec["top1"])
