@@ -32,17 +32,16 @@ def default_compile_cache(environ: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "effv2" / "inductor"
 
 
-def use_persistent_compile_cache(user_setting: str | None = None) -> str | None:
-    """Point ``TORCHINDUCTOR_CACHE_DIR`` at :func:`default_compile_cache` unless the user set it.
+def use_persistent_compile_cache() -> str | None:
+    """Point ``TORCHINDUCTOR_CACHE_DIR`` at :func:`default_compile_cache` unless the user set it
+    (:data:`USER_SETTING`, the variable as it was when effv2 was imported).
 
-    ``user_setting`` defaults to the variable as it was when effv2 was imported (:data:`USER_SETTING`).
     Returns the folder in use: the user's, effv2's, or None when effv2's cannot be created or written
     (torch's own default then applies). Call it before ``torch.compile``.
     """
-    user = USER_SETTING if user_setting is None else user_setting
-    if user:
-        os.environ[ENV] = user
-        return user
+    if USER_SETTING:
+        os.environ[ENV] = USER_SETTING
+        return USER_SETTING
     folder = default_compile_cache()
     try:
         folder.mkdir(parents=True, exist_ok=True)

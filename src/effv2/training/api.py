@@ -23,8 +23,8 @@ from ..data.sources import DataBundle, list_sources, load_source
 from ..errors import UsageError
 from ..inference.pretrained import Pretrained, is_named, resolve_pretrained
 from ..models import create_model, get_card
+from ..runtime import compile_cache, resolve_runtime
 from ..runtime import deterministic as deterministic_mode
-from ..runtime import resolve_runtime
 from ..runtime.distributed import barrier, cleanup, gather_objects
 from .budget import compile_candidate, plan_budget
 from .build import adapt_and_load, build_model, build_parts, channel_stats, init_overrides, seed_everything
@@ -285,7 +285,7 @@ def _train(
                         + ", ".join(f"{1e3 * t:.0f}" for t in c["compiled_step_s"])
                         + f" ms: {c['compiled_steps']} steps against {c['eager_steps']}; "
                         "compiling is counted in the budget; inductor cache "
-                        f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'torch default')})",
+                        f"{os.environ.get(compile_cache.ENV, 'torch default')})",
                         flush=True,
                     )
                 elif "error" in c:

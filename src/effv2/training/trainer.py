@@ -414,12 +414,15 @@ class Trainer(RunEnd):
             if completed and not last:
                 self._replan(deadline, sp, s.wall_s - wall0, s.global_step - step0, time.perf_counter() - t_eval)
             # the stage's own figure first: it is the one that says how training goes
-            at_eval = f"at the {self.info.eval_size}px eval size top1" if at_stage else "top1"
+            stage_part = (
+                f"top1 {at_stage['top1']:.2f}% at {sp.image_size}px; at the {self.info.eval_size}px eval size "
+                if at_stage
+                else ""
+            )
             self.log(
                 f"epoch {rec['epoch'] if completed else s.epoch + 1}/{self.planned_epochs} stage {sp.index + 1} "
-                f"size {sp.image_size}: "
-                + (f"top1 {at_stage['top1']:.2f}% at {sp.image_size}px; " if at_stage else "")
-                + f"{at_eval} {rec['top1']:.2f}% top5 {rec['top5']:.2f}% loss {rec['loss']:.4f} ({s.wall_s:.0f}s)"
+                f"size {sp.image_size}: {stage_part}top1 {rec['top1']:.2f}% top5 {rec['top5']:.2f}% "
+                f"loss {rec['loss']:.4f} ({s.wall_s:.0f}s)"
             )
             improved = rec["top1"] > s.best_top1
             s.best_top1 = max(s.best_top1, rec["top1"])
