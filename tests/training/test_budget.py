@@ -234,6 +234,76 @@ def test_runtime_compiles_with_static_shapes(monkeypatch):
     assert Runtime(compile=False).wrap(net) is net and len(seen) == 1
 
 
+class _FakeClock:
+    """A clock the fake step advances: eager steps cost ``eager(i)`` s, compiled ``compiled(i)``, where i
+    counts that variant's steps (its warm-up included)."""
+
+    def __init__(self, eager, compiled):
+        self.now, self.cost, self.bound, self.n = 0.0, {False: eager, True: compiled}, None, {False: 0, True: 0}
+        self.order: list[bool] = []
+
+    def perf_counter(self):
+        return self.now
+
+    def bind(self, net, runtime):
+        self.bound = net
+
+    def step(self, batch, i):
+        self.order.append(self.bound)
+        self.now += self.cost[self.bound](self.n[self.bound])
+        self.n[self.bound] += 1
+
+
+def _interleave(monkeypatch, eager, compiled, **kw):
+    import types
+
+    import effv2.training.budget as budget
+
+    clock = _FakeClock(eager, compiled)
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    task = types.SimpleNamespace(runtime=None, bind=clock.bind)
+    got = budget._time_interleaved(
+        clock.step, task, {False: False, True: True}, iter(int, 1), warm=2, timed=10, device=torch.device("cpu"), **kw
+    )
+    return got, clock
+
+
+def test_compile_unsure_is_a_band_around_the_threshold():
+    from effv2.training.budget import AUTO_COMPILE_MIN_SPEEDUP, AUTO_COMPILE_UNSURE, compile_unsure
+
+    assert (AUTO_COMPILE_MIN_SPEEDUP, AUTO_COMPILE_UNSURE) == (1.10, 1.15)
+    assert compile_unsure(1.04, 1.0) and compile_unsure(1.0, 1.0) and compile_unsure(1.26, 1.0)
+    assert not compile_unsure(1.28, 1.0) and not compile_unsure(1.39, 1.0) and not compile_unsure(0.95, 1.0)
+
+
+def test_interleaved_timing_warms_compiled_first_and_alternates(monkeypatch):
+    """A clear speedup (1.5x) is decided on the first 3 rounds of 4 steps each; the compiled net is warmed
+    before the eager one (a cold compile left eager's first block 30-60% slow) and no warm-up step is timed."""
+    got, clock = _interleave(monkeypatch, lambda i: 0.15 if i < 2 else 0.09, lambda i: 9.0 if i == 0 else 0.06)
+    assert got == {False: pytest.approx(0.09), True: pytest.approx(0.06)}
+    # compiled: the 9 s compiling step ends its warm-up (5 s at most), then 1 step; eager: 2 slow steps, 1 more
+    assert clock.order[:5] == [True, True, False, False, False] and clock.n == {False: 3 + 12, True: 2 + 12}
+    assert clock.order[5:] == ([False] * 4 + [True] * 4) * 3
+
+
+def test_a_close_call_is_timed_for_more_rounds(monkeypatch):
+    """Three noisy rounds read 1.04x (the cold first run of 2026-12-06); more rounds, until the medians over
+    every timed step are sure or 9 rounds are done, find the 1.3x that is there. A clear 1.3x or 0.8x stops
+    at 3 rounds."""
+    # eager: a fast patch for 3 rounds (12 timed steps after 3 warm-up steps), then its usual 0.13 s
+    noisy, clock = _interleave(monkeypatch, lambda i: 0.104 if 3 <= i < 15 else 0.13, lambda i: 0.1)
+    assert clock.n[False] - 3 == 6 * 4  # 6 rounds of 4: the median is sure (1.3x) after 3 more, so it stops
+    assert noisy[False] / noisy[True] == pytest.approx(1.3)
+    slow, clock = _interleave(monkeypatch, lambda i: 0.104 if 3 <= i < 27 else 0.13, lambda i: 0.1)
+    # still a close call after 9 rounds (max_rounds): the decision is taken on all of them
+    assert clock.n[False] - 3 == 9 * 4 and slow[False] / slow[True] == pytest.approx(1.04)
+    capped, clock = _interleave(monkeypatch, lambda i: 0.104, lambda i: 0.1, max_rounds=3)
+    assert clock.n[False] - 3 == 3 * 4 and capped[False] / capped[True] == pytest.approx(1.04)
+    for eager in (0.13, 0.08):  # clearly above and clearly below the threshold
+        _, clock = _interleave(monkeypatch, lambda i, e=eager: e, lambda i: 0.1)
+        assert clock.n[False] - 3 == 3 * 4
+
+
 @pytest.mark.skipif(not run_golden.SHARED.is_dir(), reason="shared Fashion-MNIST not available")
 @pytest.mark.parametrize(
     ("compiled", "outcome"),

@@ -24,7 +24,8 @@ The measuring counts against the budget: the plan is made for the budget less th
 and the hard stop is moved by as much. That matters when the recipe says ``compile: "auto"``
 (:func:`compile_candidate`): the planner then times the largest stage's step eager and compiled (static
 shapes, a graph per size: 20-30 s each on a 2-core CPU with an empty inductor cache, about 2 s with a
-warm one), in alternating blocks so that a machine that drifts while it is measured favours neither.
+warm one), in alternating blocks so that a machine that drifts while it is measured favours neither, and
+for more blocks when the two are too close to call (:func:`compile_unsure`).
 Unless the compiled step is ``AUTO_COMPILE_MIN_SPEEDUP`` faster there, nothing else is compiled; else
 every other stage is timed both ways too, and the compiled step is kept when its plan has at least
 ``AUTO_COMPILE_MIN_GAIN`` times the eager plan's steps (the compile time is spent by then either way).
@@ -62,6 +63,9 @@ AUTO_COMPILE_MIN_BUDGET_S = 300.0
 # anything above the noise of interleaved timing pays)
 AUTO_COMPILE_MIN_SPEEDUP = 1.10
 AUTO_COMPILE_MIN_GAIN = 1.05
+# a timing within this factor of AUTO_COMPILE_MIN_SPEEDUP either way is timed for more rounds before the
+# decision (compile_unsure): 1.10 / 1.15 to 1.10 * 1.15, i.e. 0.96x to 1.27x
+AUTO_COMPILE_UNSURE = 1.15
 
 
 def compile_candidate(setting: Any, *, device_type: str, amp: str, budget_s: float | None) -> tuple[bool, str]:
@@ -163,19 +167,37 @@ def _time_steps(step, batches, *, warm: int, timed: int, device, max_warm: int =
     return times[len(times) // 2]
 
 
+def compile_unsure(eager_s: float, compiled_s: float) -> bool:
+    """Whether an interleaved eager/compiled timing is too close to ``AUTO_COMPILE_MIN_SPEEDUP`` to decide
+    on (pure): within ``AUTO_COMPILE_UNSURE`` of it either way. The shared 2-core VM's step time drifts by
+    up to 25% within minutes, and a cold first run once read 1.04x where later runs read 1.27-1.39x."""
+    ratio = eager_s / compiled_s
+    return AUTO_COMPILE_MIN_SPEEDUP / AUTO_COMPILE_UNSURE < ratio < AUTO_COMPILE_MIN_SPEEDUP * AUTO_COMPILE_UNSURE
+
+
 def _time_interleaved(
-    step, task, nets, batches, *, warm: int, timed: int, device, rounds: int = 3
+    step, task, nets, batches, *, warm: int, timed: int, device, rounds: int = 3, max_rounds: int = 9
 ) -> dict[bool, float]:
     """Median seconds per step of ``step`` with the task bound to ``nets[False]`` (eager) and to
     ``nets[True]`` (compiled: its first step compiles), each warmed up, then timed in alternating blocks
-    so that a machine that speeds up or slows down while it is measured favours neither."""
+    so that a machine that speeds up or slows down while it is measured favours neither.
+
+    The compiled net is warmed first: compiling takes 20-30 s with a cold cache and leaves the eager
+    net's caches cold, which made the first eager block read 30-60% slow (2026-12-06, Zen 4). When the
+    medians after ``rounds`` rounds are too close to the threshold to decide on (:func:`compile_unsure`),
+    more rounds are timed, up to ``max_rounds`` (a few seconds), and the medians taken over all of them."""
     runtime = task.runtime
-    for c in (False, True):
+    for c in (True, False):
         task.bind(nets[c], runtime)
         _time_steps(step, batches, warm=warm, timed=1, device=device)
     times: dict[bool, list[float]] = {False: [], True: []}
     per = max(1, -(-timed // rounds))
-    for _ in range(rounds):
+
+    def medians() -> dict[bool, float]:
+        return {c: sorted(v)[len(v) // 2] for c, v in times.items()}
+
+    done = 0
+    while done < rounds or (done < max_rounds and compile_unsure(medians()[False], medians()[True])):
         for c in (False, True):
             task.bind(nets[c], runtime)
             for _ in range(per):
@@ -183,8 +205,9 @@ def _time_interleaved(
                 step(next(batches), 0)
                 synchronize(device)
                 times[c].append(time.perf_counter() - t0)
+        done += 1
     task.bind(nets[False], runtime)
-    return {c: sorted(v)[len(v) // 2] for c, v in times.items()}
+    return medians()
 
 
 def _endless(streams, ctx: StepContext):
@@ -281,7 +304,17 @@ def plan_budget(
         batches = stage_batches(stages[i])
         if try_compile and not why_not:
             try:
-                pair = _time_interleaved(step, parts.task, nets, batches, warm=warm, timed=timed, device=runtime.device)
+                # only the largest size decides on its own whether to go on (a close call is timed longer)
+                pair = _time_interleaved(
+                    step,
+                    parts.task,
+                    nets,
+                    batches,
+                    warm=warm,
+                    timed=timed,
+                    device=runtime.device,
+                    max_rounds=9 if k == 0 else 3,
+                )
             except Exception as exc:  # no C compiler, an op inductor cannot lower, ...: the run trains eager
                 parts.task.bind(nets[False], parts.task.runtime)
                 first = (str(exc).strip().splitlines() or [""])[0][:200]
