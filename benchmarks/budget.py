@@ -2,6 +2,7 @@
 
     python benchmarks/budget.py [--budgets 2m,5m,10m,30m] [--seeds 0] [--extra-seeds 10m=1]
                                 [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--out runs/budget] [--plot FILE]
+    python benchmarks/budget.py --replot ROWS.json --plot FILE      # the plot again from recorded rows
 
 Each run is `effv2 train --model efficientnetv2_fmnist --data fashion-mnist --recipe fmnist-cpu
 --time-budget B --seed S` in its own process, one after another (never two at once: each run
@@ -20,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from statistics import mean
@@ -125,6 +127,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def title(args: argparse.Namespace, cpu: str) -> str:
+    return f"{args.model} / {args.recipe}\n" + textwrap.fill(f"on {cpu}", 72)  # the flags fit the figure
+
+
 def main(argv: list[str] | None = None) -> int:
     from effv2.bench.machine import describe
     from effv2.cli.demo import DEMO_MODEL, DEMO_RECIPE
@@ -140,7 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/budget")
     ap.add_argument("--json", default=None, help="rows as JSON (default OUT/rows.json)")
     ap.add_argument("--plot", default=None, help="PNG of test top-1 against the budget (default OUT/budget.png)")
+    ap.add_argument("--replot", default=None, metavar="ROWS.json", help="draw --plot from recorded rows; no training")
     args = ap.parse_args(argv)
+    if args.replot:
+        recorded = json.loads(Path(args.replot).read_text())
+        m = recorded["machine"]
+        cpu = m.get("cpu_label") or f"{m['cpu']}, {m['cpu_cores']} cores"
+        plot(recorded["rows"], Path(args.plot or Path(args.replot).with_suffix(".png")), title(args, cpu))
+        return 0
 
     variants = dict(args.variant) if args.variant else DEFAULT_VARIANTS
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -152,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     m = describe("cpu")
-    print(f"{m['cpu']}, {m['cpu_cores']} cores, torch {m['torch']}", flush=True)
+    print(f"{m['cpu_label']}; torch {m['torch']}", flush=True)
     for budget in args.budgets.split(","):
         budget_s = parse_duration(budget, "--budgets")
         for seed in seeds + [s for s in extra.get(budget, []) if s not in seeds]:
@@ -172,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(
         rows,
         Path(args.plot or out / "budget.png"),
-        f"{args.model} / {args.recipe} on {m['cpu']}, {m['cpu_cores']} cores",
+        title(args, m["cpu_label"]),
     )
     return 0
 

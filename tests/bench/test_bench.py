@@ -194,6 +194,21 @@ def test_cpu_peak_on_zen4_counts_one_512_bit_fma_per_cycle() -> None:
     assert cpu_peak_flops("fp32", info=intel)[0] == pytest.approx(2 * 2.6e9 * 64)
 
 
+def test_cpu_label_names_family_model_and_the_isa_flags() -> None:
+    """Every figure names its CPU as lscpu does: the model name alone ("AMD EPYC") was Zen 3, 4 and 5."""
+    from effv2.bench.machine import cpu_label, describe
+
+    zen4 = {"model_name": "AMD EPYC", "family": 25, "model": 17, "cores": 2}
+    zen4["flags"] = ["sse2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "sha_ni"]
+    assert cpu_label(zen4) == "AMD EPYC, family 25 model 17, 2 cores, avx2 fma avx512f avx512_bf16 avx512_vnni"
+    zen3 = zen4 | {"model": 1, "flags": ["avx", "avx2", "fma"]}
+    assert cpu_label(zen3) == "AMD EPYC, family 25 model 1, 2 cores, avx2 fma"
+    bare = {"model_name": "arm", "family": None, "model": None, "cores": 4, "flags": ["neon"]}
+    assert cpu_label(bare) == "arm, 4 cores, no AVX2"
+    here = describe("cpu")
+    assert here["cpu_label"].startswith(here["cpu"] + ", ") and f"{here['cpu_cores']} cores" in here["cpu_label"]
+
+
 def test_cpu_peak_on_zen3_and_zen5() -> None:
     """Zen 3 (family 25, AVX2 only) has two 256-bit FMA pipes: 32 FLOP/cycle, not Zen 4's halved rate;
     Zen 5 (family 26) has full-width 512-bit pipes."""

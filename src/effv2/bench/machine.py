@@ -128,6 +128,7 @@ def _cpu_info() -> dict[str, Any]:
         mhz, source = None, "no clock reported"
     vendor = fields.get("Vendor ID") or first(r"^vendor_id\s*:(.*)$") or ""
     family = fields.get("CPU family") or first(r"^cpu family\s*:(.*)$") or ""
+    model_no = fields.get("Model") or first(r"^model\s*:(.*)$") or ""
     return {
         "model_name": model,
         "cores": cores,
@@ -138,7 +139,25 @@ def _cpu_info() -> dict[str, Any]:
         "flags": sorted(flags),
         "vendor": vendor,
         "family": int(family) if family.isdigit() else None,
+        "model": int(model_no) if model_no.isdigit() else None,
     }
+
+
+# the ISA flags that decide effv2's CPU defaults and peaks, in the order a reader compares CPUs by
+ISA_FLAGS: tuple[str, ...] = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "avx512_fp16")
+
+
+def cpu_label(info: dict[str, Any] | None = None) -> str:
+    """One line naming the CPU as a figure must (``lscpu`` model name, family and model numbers, the ISA
+    flags that matter): 'AMD EPYC, family 25 model 17, 2 cores, avx2 fma avx512f avx512_bf16 avx512_vnni'."""
+    info = info or cpu_info()
+    parts = [info["model_name"]]
+    if info.get("family") is not None:
+        parts.append(f"family {info['family']}" + (f" model {info['model']}" if info.get("model") is not None else ""))
+    parts.append(f"{info['cores']} cores")
+    isa = [f for f in ISA_FLAGS if f in set(info.get("flags", ()))]
+    parts.append(" ".join(isa) if isa else "no AVX2")
+    return ", ".join(parts)
 
 
 def default_fma_units(info: dict[str, Any]) -> tuple[int, str]:
@@ -216,6 +235,7 @@ def describe(device: str | torch.device = "cpu") -> dict[str, Any]:
     out: dict[str, Any] = {
         "device": str(dev),
         "cpu": info["model_name"],
+        "cpu_label": cpu_label(info),
         "cpu_cores": info["cores"],
         "cpu_mhz": info["mhz"],
         "torch_threads": torch.get_num_threads(),
