@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from effv2.bench.compare import interleave
-from effv2.bench.machine import cpu_info, describe, fast_defaults
+from effv2.bench.machine import ISA_FLAGS, cpu_info, describe, fast_defaults
 from effv2.bench.timing import run_timed
 from effv2.models import create_model
 from effv2.models.fuse import fold_bn
@@ -251,10 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = cpu_info()
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in info["flags"]]
+    isa = [f for f in ISA_FLAGS if f in cpu_info()["flags"]]
     cmd = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
-    print(f"{cmd}\n{info['model_name']}, {info['cores']} cores, flags {' '.join(isa)}; {describe('cpu')}", flush=True)
+    print(f"{cmd}\n{describe('cpu')}", flush=True)  # cpu_label: model name, family and model, ISA flags
     rows = []
     for name, size, chans, classes in args.case or CASES:
         new = measure_case(

@@ -60,17 +60,16 @@ def test_a_finished_run_folder_is_reused_not_retrained(tmp_path):
     assert r["steps_trained"] == 340
 
 
-def test_replot_draws_recorded_rows_without_training(tmp_path):
+def test_replot_draws_recorded_rows_without_training(tmp_path, monkeypatch):
     rows = [_row("progressive", 600, 0, 92.0), _row("fixed", 600, 0, 92.5)]
     recorded = tmp_path / "rows.json"
     machine = {"cpu": "AMD EPYC", "cpu_cores": 2, "cpu_label": "AMD EPYC, family 25 model 17, 2 cores, avx2"}
     recorded.write_text(json.dumps({"machine": machine, "rows": rows}))
     drawn = {}
     real = budget.plot
-    budget.plot = lambda r, path, title: drawn.update(rows=r, title=title) or real(r, path, title)
-    try:
-        assert budget.main(["--replot", str(recorded), "--out", str(tmp_path / "never")]) == 0
-    finally:
-        budget.plot = real
+    monkeypatch.setattr(
+        budget, "plot", lambda r, path, title: drawn.update(rows=r, title=title) or real(r, path, title)
+    )
+    assert budget.main(["--replot", str(recorded), "--out", str(tmp_path / "never")]) == 0
     assert drawn["rows"] == rows and drawn["title"].endswith("on AMD EPYC, family 25 model 17, 2 cores, avx2")
     assert (tmp_path / "rows.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "never").exists()

@@ -66,6 +66,7 @@ AUTO_COMPILE_MIN_GAIN = 1.05
 # a timing within this factor of AUTO_COMPILE_MIN_SPEEDUP either way is timed for more rounds before the
 # decision (compile_unsure): 1.10 / 1.15 to 1.10 * 1.15, i.e. 0.96x to 1.27x
 AUTO_COMPILE_UNSURE = 1.15
+AUTO_COMPILE_MAX_ROUNDS = 9  # rounds of interleaved blocks at most, for a close call at the largest size
 
 
 def compile_candidate(setting: Any, *, device_type: str, amp: str, budget_s: float | None) -> tuple[bool, str]:
@@ -176,7 +177,16 @@ def compile_unsure(eager_s: float, compiled_s: float) -> bool:
 
 
 def _time_interleaved(
-    step, task, nets, batches, *, warm: int, timed: int, device, rounds: int = 3, max_rounds: int = 9
+    step,
+    task,
+    nets,
+    batches,
+    *,
+    warm: int,
+    timed: int,
+    device,
+    rounds: int = 3,
+    max_rounds: int = AUTO_COMPILE_MAX_ROUNDS,
 ) -> dict[bool, float]:
     """Median seconds per step of ``step`` with the task bound to ``nets[False]`` (eager) and to
     ``nets[True]`` (compiled: its first step compiles), each warmed up, then timed in alternating blocks
@@ -196,8 +206,12 @@ def _time_interleaved(
     def medians() -> dict[bool, float]:
         return {c: sorted(v)[len(v) // 2] for c, v in times.items()}
 
+    def unsure() -> bool:
+        m = medians()
+        return compile_unsure(m[False], m[True])
+
     done = 0
-    while done < rounds or (done < max_rounds and compile_unsure(medians()[False], medians()[True])):
+    while done < rounds or (done < max_rounds and unsure()):
         for c in (False, True):
             task.bind(nets[c], runtime)
             for _ in range(per):
@@ -313,7 +327,7 @@ def plan_budget(
                     warm=warm,
                     timed=timed,
                     device=runtime.device,
-                    max_rounds=9 if k == 0 else 3,
+                    max_rounds=AUTO_COMPILE_MAX_ROUNDS if k == 0 else 3,
                 )
             except Exception as exc:  # no C compiler, an op inductor cannot lower, ...: the run trains eager
                 parts.task.bind(nets[False], parts.task.runtime)
