@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from effv2.data import Batch, FileImageSet, TensorImageSet, eval_batches, steps_per_epoch, train_batches
-from effv2.data.augment import ScaledRandAugment, _reflect, pad_crop_flip, random_resized_boxes
+from effv2.data.augment import ScaledRandAugment, _reflect, pad_crop_flip, randaugment_chunks, random_resized_boxes
 from effv2.data.order import derive_seed, epoch_permutation, eval_shard, seeded_cpu_rng, stratified_split
 from effv2.errors import UsageError
 
@@ -199,6 +199,31 @@ def test_scaled_randaugment_matches_torchvision_at_10():
         with seeded_cpu_rng(s):
             b = theirs(x)
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunk", "num_ops", "m"),
+    [
+        ((256, 1, 28, 28), 8, 2, 2.0),
+        ((37, 1, 24, 24), 8, 2, 15.0),
+        ((20, 3, 16, 20), 3, 3, 9.0),
+        ((5, 3, 8, 8), 8, 1, 5.0),
+    ],
+)
+@pytest.mark.parametrize("group_max_bytes", [1 << 18, 0])  # grouped, and one call per chunk (large images)
+def test_randaugment_chunks_equals_one_call_per_chunk(shape, chunk, num_ops, m, group_max_bytes):
+    """Grouping chunks that drew the same op into one call changes nothing: same images, same RNG after."""
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    ra = ScaledRandAugment(num_ops, m)
+    changed = []
+    for s in range(6):
+        with seeded_cpu_rng(s):
+            grouped, after_grouped = randaugment_chunks(x, ra, chunk, group_max_bytes=group_max_bytes), torch.rand(3)
+        with seeded_cpu_rng(s):
+            per_chunk, after_per_chunk = torch.cat([ra(p) for p in x.split(chunk)]), torch.rand(3)
+        assert torch.equal(grouped, per_chunk) and torch.equal(after_grouped, after_per_chunk)
+        changed.append(not torch.equal(grouped, x))
+    assert any(changed)  # the ops did something (a single chunk may draw Identity for one seed)
 
 
 def test_file_transforms_pickle_for_spawned_workers():

@@ -20,8 +20,8 @@ from .randaugment import OfficialRandAugment
 
 # torchvision's RandAugment (randaug_impl="torchvision") draws one op for a whole tensor batch, so
 # in-memory batches are augmented in chunks of this many samples: a batch of 256 gets 32
-# independent op draws. Smaller chunks cost more Python calls per batch (8 measured at about
-# 7 ms per 256 images at 28 px on this 2-core CPU). The official impl draws an op per image.
+# independent op draws. Smaller chunks cost more calls per batch; randaugment_chunks makes one call
+# per distinct draw, not per chunk (benchmarks/randaug_speed.py). The official impl draws an op per image.
 RANDAUG_CHUNK = 8
 
 # RandAugment's fill for pixels moved in from outside the image: the official code's 128.
@@ -95,9 +95,65 @@ class ScaledRandAugment(v2.RandAugment):
         self.scaled_magnitude = float(magnitude)
 
 
-def randaugment_chunks(x: torch.Tensor, ra: ScaledRandAugment, chunk: int = RANDAUG_CHUNK) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> uint8 (B, C, H, W), an independent op draw per chunk of samples."""
-    return torch.cat([ra(part) for part in x.split(chunk)])
+# randaugment_chunks groups chunks into one call only while a chunk is at most this many bytes: grouping
+# saves per-call overhead, which is what small images pay for (256x1x28x28 in chunks of 8: 1.5x the img/s),
+# and costs cache locality (an op over all the chunks before the next op) and copies, which is what
+# large ones pay for (32x3x224x224: 0.85x); benchmarks/randaug_speed.py, 2 threads, 2-core Zen 3 EPYC
+RANDAUG_GROUP_MAX_BYTES = 1 << 18
+
+
+def randaugment_chunks(
+    x: torch.Tensor,
+    ra: ScaledRandAugment,
+    chunk: int = RANDAUG_CHUNK,
+    *,
+    group_max_bytes: int = RANDAUG_GROUP_MAX_BYTES,
+) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> uint8 (B, C, H, W), an independent op draw per chunk of samples.
+
+    Equal, bit for bit and in what it leaves in the global RNG, to ``torch.cat([ra(p) for p in
+    x.split(chunk)])``, but with fewer calls: the ops are drawn first, in the order torchvision's
+    ``RandAugment.forward`` draws them (chunk by chunk, layer by layer), then each layer applies every
+    distinct (op, signed magnitude) once, to all the chunks that drew it, concatenated. A batch of 256
+    in chunks of 8 makes 32 draws per layer from 14 ops (23 op-sign pairs): about 16 calls instead of
+    32 (17 distinct pairs expected, Identity not called). Every op is per image (affine warps, per-image histograms and
+    ranges), which is what makes applying one to a concatenation the same as to each chunk. Chunks
+    larger than ``group_max_bytes`` get one call each (grouping does not pay for large images).
+    """
+    parts = list(x.split(chunk))
+    if parts and parts[0].numel() * parts[0].element_size() > group_max_bytes:
+        return torch.cat([ra(part) for part in parts])
+    height, width = x.shape[-2:]
+    draws: list[list[tuple[str, float]]] = []
+    for _ in parts:  # torchvision's draws, in its order (RandAugment.forward, torchvision 0.29)
+        ops = []
+        for _ in range(ra.num_ops):
+            name, (magnitudes_fn, signed) = ra._get_random_item(ra._AUGMENTATION_SPACE)
+            magnitudes = magnitudes_fn(ra.num_magnitude_bins, height, width)
+            magnitude = 0.0
+            if magnitudes is not None:
+                magnitude = float(magnitudes[ra.magnitude])
+                if signed and torch.rand(()) <= 0.5:
+                    magnitude *= -1
+            ops.append((name, magnitude))
+        draws.append(ops)
+    for layer in range(ra.num_ops):
+        groups: dict[tuple[str, float], list[int]] = {}
+        for i, ops in enumerate(draws):
+            groups.setdefault(ops[layer], []).append(i)
+        for (name, magnitude), members in groups.items():
+            if name == "Identity":
+                continue
+            out = ra._apply_image_or_video_transform(
+                parts[members[0]] if len(members) == 1 else torch.cat([parts[i] for i in members]),
+                name,
+                magnitude,
+                interpolation=ra.interpolation,
+                fill=ra._fill,
+            )
+            for i, piece in zip(members, out.split([len(parts[i]) for i in members]), strict=True):
+                parts[i] = piece
+    return torch.cat(parts)
 
 
 RANDAUG_IMPLS = ("official", "torchvision")
