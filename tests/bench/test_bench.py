@@ -233,7 +233,8 @@ def test_measured_gemm_and_the_reasons_for_the_defaults() -> None:
 
     assert 1e8 < measured_gemm_flops("fp32", n=256, repeats=2) < 1e14
     why = fast_defaults_reasons("cpu")
-    assert set(why) == {"amp", "channels_last", "compile", "fold_bn_infer"}
+    assert set(why) == {"amp", "channels_last", "compile", "fold_bn_infer", "malloc"}  # malloc: CPU only
+    assert why["malloc"].startswith(("keeps freed memory", "glibc defaults"))
     assert why["amp"].startswith(fast_defaults("cpu")["amp"].replace("none", "fp32"))
     assert fast_defaults_reasons("cpu", batch_size=1)["amp"].startswith("fp32")
 

@@ -38,6 +38,7 @@ from torch import nn
 from ..errors import UsageError
 from ..models import create_model, get_card
 from ..runtime.compile_cache import use_persistent_compile_cache
+from ..runtime.malloc import keep_freed_memory
 from .timing import Step, check_sizes, resolve_device, run_timed, summarize
 
 LIBRARIES: tuple[str, ...] = ("timm", "torchvision")
@@ -295,6 +296,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     from .machine import describe, fast_defaults_reasons, peak_flops
 
     dev = resolve_device(cfg.device)
+    if dev.type == "cpu":
+        keep_freed_memory()  # as a training run has it; for every variant alike (one process)
     card = get_card(cfg.model)
     in_chans = cfg.in_chans or len(card.mean)
     settings, source = resolve_settings(cfg, dev)

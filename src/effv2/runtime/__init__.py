@@ -12,7 +12,8 @@ timed for the search's reward or by ``effv2 bench`` runs exactly as training run
   inductor's cache in the user's cache folder, not /tmp (:mod:`.compile_cache`);
 - distributed: torchrun's environment (gloo on CPU, NCCL on CUDA), see :mod:`.distributed`;
 - deterministic mode, scoped: :func:`deterministic` restores the process-wide flags on exit;
-- threads: :func:`use_threads` sets torch's intra-op threads once, for a block, and restores them.
+- threads: :func:`use_threads` sets torch's intra-op threads once, for a block, and restores them;
+- memory: on CPU, glibc's malloc keeps what a step frees for the next step (:mod:`.malloc`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 from ..errors import UsageError
 from .compile_cache import use_persistent_compile_cache
 from .distributed import Dist, init_distributed
+from .malloc import keep_freed_memory
 
 AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -179,6 +181,8 @@ def resolve_runtime(
     """The policy for this process. ``distributed=True`` joins torchrun's process group (a no-op
     when not launched by torchrun) and puts each rank on its own GPU."""
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()  # once per process: a CPU step's buffers stay mapped between steps (.malloc)
     dist = init_distributed(dev.type) if distributed else Dist()
     if dev.type == "cuda" and dist.enabled:
         dev = torch.device("cuda", dist.local_rank)

@@ -26,6 +26,7 @@ from ..models import create_model, get_card
 from ..runtime import compile_cache, resolve_runtime
 from ..runtime import deterministic as deterministic_mode
 from ..runtime.distributed import barrier, cleanup, gather_objects
+from ..runtime.malloc import keep_freed_memory
 from .budget import compile_candidate, plan_budget
 from .build import adapt_and_load, build_model, build_parts, channel_stats, init_overrides, seed_everything
 from .callbacks import Callback
@@ -323,6 +324,7 @@ def _train(
                         "torch_version": torch.__version__,
                         "world_size": dist.world_size,
                         "device": str(runtime.device),
+                        "malloc": keep_freed_memory() if runtime.device.type == "cpu" else None,
                     },
                 )
                 for stale in ("metrics.jsonl", "skipped.jsonl", "metrics.csv"):
