@@ -30,6 +30,7 @@ SETS = [
     "progressive.n_stages=2",
     "progressive.min_size=16",
     "progressive.max_size=24",
+    "progressive.min_epochs=0",  # the demo recipe's 24 would make a 3 s budget's plan the fixed schedule
     "eval_size=24",
     "amp=none",
     "num_workers=0",
@@ -374,3 +375,44 @@ def test_compile_auto_without_a_budget_is_recorded_as_off(tmp_path, monkeypatch)
     sets = [s for s in SETS if not s.startswith("time_budget_s")] + ["compile=auto", "epochs=1"]
     api.train("efficientnetv2_pico", "fashion-mnist", tmp_path / "run", data_dir=str(data), overrides=sets, quiet=True)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["recipe"]["compile"] is False
+
+
+def test_progressive_needs_enough_planned_epochs():
+    from effv2.training.budget import fixed_or_progressive
+
+    assert fixed_or_progressive(15.94, 20) == {"used": False, "progressive_epochs": 15.94, "min_epochs": 20}
+    assert fixed_or_progressive(20.0, 20)["used"] and fixed_or_progressive(36.1, 20)["used"]
+
+
+@pytest.mark.parametrize("min_epochs", [0, 1000])
+def test_a_short_budget_trains_the_fixed_size_schedule(tmp_path, min_epochs):
+    """progressive.min_epochs: a plan with fewer epochs trains every step at the last stage's size, with
+    the steps planned from that size's measured step (recorded; the recipe says progressive off so that
+    --resume runs the same way). 0 (the default) leaves progressive on, and the plan says nothing."""
+    import effv2.training.api as api
+
+    data = run_golden.write_subset(tmp_path / "fm")
+    sets = [s for s in SETS if not s.startswith("time_budget_s")] + [f"progressive.min_epochs={min_epochs}"]
+    api.train(
+        "efficientnetv2_pico",
+        "fashion-mnist",
+        tmp_path / "run",
+        data_dir=str(data),
+        overrides=[*sets, "time_budget=3s"],
+        quiet=True,
+    )
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    plan, rec = cfg["plan"], cfg["recipe"]
+    if min_epochs == 0:
+        assert plan["progressive"] == {} and rec["progressive"]["enabled"] is True
+        assert plan["stage_sizes"] == [16, 24] and "progressive.enabled" not in cfg["layers"]["plan"]["set"]
+        return
+    pr = plan["progressive"]
+    assert pr["used"] is False and pr["min_epochs"] == 1000 and 0 < pr["progressive_epochs"] < 1000
+    assert pr["progressive_steps"] >= 1 and plan["stage_sizes"] == [24] and len(plan["step_s"]) == 1
+    assert rec["progressive"]["enabled"] is False and cfg["layers"]["plan"]["set"]["progressive.enabled"] is False
+    assert plan["steps"] == rec["max_steps"] and plan["planned_s"] <= (1 - plan["margin"]) * plan["left_s"] + 0.01
+    sizes = {
+        json.loads(line).get("image_size") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    }
+    assert sizes - {None} == {24}  # every epoch trained at the last stage's size

@@ -44,6 +44,9 @@ class ProgressiveConfig:
     dropout_max: float | None = None  # dropout of the last stage; null = the model's dropout
     drop_path_min: float | None = None  # stochastic depth of stage 0; null = no schedule (fixed at drop_path_max)
     drop_path_max: float | None = None  # stochastic depth of the last stage; null = the model's drop_path
+    # with a time budget: progressive only when the plan fits at least this many epochs, else every step
+    # at the last stage (as enabled=false); 0 = always progressive (training/budget.py)
+    min_epochs: float = 0
 
     _bool_key = "enabled"  # `progressive: false` in a layer is `progressive.enabled: false`
 
@@ -51,6 +54,7 @@ class ProgressiveConfig:
         check_fields(self, "progressive.")
         k = "progressive."
         require(self.n_stages >= 1, k + "n_stages", "must be an integer >= 1", self.n_stages)
+        require(self.min_epochs >= 0, k + "min_epochs", "must be >= 0", self.min_epochs)
         require(self.min_size >= 1, k + "min_size", "must be a positive image size", self.min_size)
         require(
             self.max_size is None or self.max_size >= 1,

@@ -253,12 +253,14 @@ def _train(
             )[0]
             # the measuring (and compiling) was spent out of the budget: the hard stop moves by as much
             stop_s = max((rec.time_budget_s or budget_s) - plan["measured_in_s"], 1.0)
+            fixed = plan["progressive"].get("used") is False  # too few epochs for progressive learning
             rec = replace(
                 rec,
                 epochs=plan["epochs"],
                 max_steps=plan["steps"],
                 time_budget_s=stop_s,
                 compile=bool(plan["compile"]["used"]),
+                progressive=replace(rec.progressive, enabled=False) if fixed else rec.progressive,
             )
             provenance["plan"] = {
                 "source": f"time budget {rec.time_budget}, measured on this machine",
@@ -267,6 +269,7 @@ def _train(
                     "max_steps": rec.max_steps,
                     "time_budget_s": rec.time_budget_s,
                     "compile": rec.compile,
+                    **({"progressive.enabled": False} if fixed else {}),
                 },
             }
             if dist.is_main and not quiet:
@@ -277,6 +280,14 @@ def _train(
                     + f"; evaluation {plan['eval_s']:.1f}s; measured in {plan['measured_in_s']:.0f}s)",
                     flush=True,
                 )
+                if fixed:
+                    pr = plan["progressive"]
+                    print(
+                        f"progressive: off (its plan fits {pr['progressive_epochs']:.1f} epochs, under "
+                        f"progressive.min_epochs {pr['min_epochs']:g}): every step at {plan['stage_sizes'][-1]}px "
+                        "with the last stage's regularization",
+                        flush=True,
+                    )
                 c = plan["compile"]
                 if "compiled_steps" in c:
                     print(

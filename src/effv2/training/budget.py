@@ -168,6 +168,19 @@ def _time_steps(step, batches, *, warm: int, timed: int, device, max_warm: int =
     return times[len(times) // 2]
 
 
+def fixed_or_progressive(progressive_epochs: float, min_epochs: float) -> dict[str, Any]:
+    """Whether a budgeted run keeps progressive learning (pure): only when its plan fits at least
+    ``progressive.min_epochs`` epochs. Below, every step trains at the last stage's size and
+    regularization (``progressive.enabled=false``). Why (the demo's model and recipe, validation top-1
+    at equal wall time, benchmarks/RESULTS.md): the fixed 28 px schedule led by 0.3-0.8 points wherever
+    the progressive plan had under 20 epochs (Zen 4 2 min, 5 epochs: +0.77; Zen 5 2 and 5 min, 6 and 12
+    epochs: +0.43, +0.37; Zen 3 fp32 10 min, 15 and 20 epochs: +0.31, +0.67), and the two were within a
+    seed's noise from 18 to 116 epochs. The demo recipe says 24: a plan's epochs drift by a third with
+    the VM's speed (Zen 3: 14.6 and 19.5 epochs planned for the same 10 minutes)."""
+    used = progressive_epochs >= min_epochs
+    return {"used": used, "progressive_epochs": round(progressive_epochs, 2), "min_epochs": min_epochs}
+
+
 def compile_unsure(eager_s: float, compiled_s: float) -> bool:
     """Whether an interleaved eager/compiled timing is too close to ``AUTO_COMPILE_MIN_SPEEDUP`` to decide
     on (pure): within ``AUTO_COMPILE_UNSURE`` of it either way. The shared 2-core VM's step time drifts by
@@ -356,12 +369,12 @@ def plan_budget(
     measured_in_s = time.perf_counter() - t_start  # counts against the budget
     left_s = max(budget_s - measured_in_s, 0.0)
 
-    def plan_for(times: list[float]) -> int:
+    def plan_for(times: list[float], evals: list[float] | None = None) -> int:
         return plan_steps(
             left_s,
             stage_step_s=times,
             steps_per_epoch=steps_per_epoch,
-            eval_s=eval_s,
+            eval_s=eval_s if evals is None else evals,
             eval_every=recipe.eval_every_epochs,
             min_steps=min_steps,
         )
@@ -382,6 +395,14 @@ def plan_budget(
         }
         if used:
             step_s, steps = compiled_s, compiled_steps
+    progressive, sizes = {}, [sp.image_size for sp in stages]
+    if p.enabled and len(stages) > 1 and p.min_epochs > 0:
+        # the last stage is the fixed-size schedule's one stage (enabled=false: max size, max regularization)
+        progressive = fixed_or_progressive(steps / steps_per_epoch, p.min_epochs)
+        if not progressive["used"]:
+            progressive["progressive_steps"] = steps
+            step_s, eval_s, sizes = step_s[-1:], eval_s[-1:], sizes[-1:]
+            steps = plan_for(step_s, eval_s)
     planned = planned_seconds(
         steps, stage_step_s=step_s, steps_per_epoch=steps_per_epoch, eval_s=eval_s, eval_every=recipe.eval_every_epochs
     )
@@ -391,7 +412,7 @@ def plan_budget(
         "epochs": -(-steps // steps_per_epoch),
         "planned_s": round(planned, 2),
         "margin": MARGIN,
-        "stage_sizes": [sp.image_size for sp in stages],
+        "stage_sizes": sizes,
         "step_s": [round(s, 5) for s in step_s],
         "steps_per_epoch": steps_per_epoch,
         "eval_s": round(one_eval, 3),
@@ -400,4 +421,5 @@ def plan_budget(
         "evaluation": "counted in the budget",
         "measuring": "counted in the budget",
         "compile": compiled,
+        "progressive": progressive,
     }
