@@ -306,6 +306,24 @@ def test_a_close_call_is_timed_for_more_rounds(monkeypatch):
 
 
 @pytest.mark.skipif(not run_golden.SHARED.is_dir(), reason="shared Fashion-MNIST not available")
+def _train_3s(tmp_path, *extra: str) -> dict:
+    """The pico model trained in-process for a 3 s budget with SETS (less its hard stop) and ``extra``;
+    returns its config.json."""
+    import effv2.training.api as api
+
+    data = run_golden.write_subset(tmp_path / "fm")
+    sets = [s for s in SETS if not s.startswith("time_budget_s")] + list(extra)
+    api.train(
+        "efficientnetv2_pico",
+        "fashion-mnist",
+        tmp_path / "run",
+        data_dir=str(data),
+        overrides=[*sets, "time_budget=3s"],
+        quiet=True,
+    )
+    return json.loads((tmp_path / "run" / "config.json").read_text())
+
+
 @pytest.mark.parametrize(
     ("compiled", "outcome"),
     [
@@ -334,17 +352,7 @@ def test_the_planner_keeps_compile_only_when_it_pays(tmp_path, monkeypatch, comp
     monkeypatch.setattr(api, "compile_candidate", lambda *a, **k: (True, "test"))
     monkeypatch.setattr(budget, "_time_interleaved", fake_interleaved)
     monkeypatch.setattr(torch, "compile", lambda net, **kw: net)  # the run itself: no real compiling in a unit test
-    data = run_golden.write_subset(tmp_path / "fm")
-    sets = [s for s in SETS if not s.startswith("time_budget_s")] + ["compile=auto"]
-    api.train(
-        "efficientnetv2_pico",
-        "fashion-mnist",
-        tmp_path / "run",
-        data_dir=str(data),
-        overrides=[*sets, "time_budget=3s"],
-        quiet=True,
-    )
-    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    cfg = _train_3s(tmp_path, "compile=auto")
     plan, rec = cfg["plan"], cfg["recipe"]
     c = plan["compile"]
     used = outcome == "used"
@@ -389,19 +397,7 @@ def test_a_short_budget_trains_the_fixed_size_schedule(tmp_path, min_epochs):
     """progressive.min_epochs: a plan with fewer epochs trains every step at the last stage's size, with
     the steps planned from that size's measured step (recorded; the recipe says progressive off so that
     --resume runs the same way). 0 (the default) leaves progressive on, and the plan says nothing."""
-    import effv2.training.api as api
-
-    data = run_golden.write_subset(tmp_path / "fm")
-    sets = [s for s in SETS if not s.startswith("time_budget_s")] + [f"progressive.min_epochs={min_epochs}"]
-    api.train(
-        "efficientnetv2_pico",
-        "fashion-mnist",
-        tmp_path / "run",
-        data_dir=str(data),
-        overrides=[*sets, "time_budget=3s"],
-        quiet=True,
-    )
-    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    cfg = _train_3s(tmp_path, f"progressive.min_epochs={min_epochs}")
     plan, rec = cfg["plan"], cfg["recipe"]
     if min_epochs == 0:
         assert plan["progressive"] == {} and rec["progressive"]["enabled"] is True
