@@ -22,3 +22,19 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads() -> Iterator[None]:
+    """Give every test the torch thread count it started with back.
+
+    A test that changes it in the pytest process (a benchmark's ``--threads``, ``torch.set_num_threads``)
+    would otherwise leak it into later in-process runs, and the bitwise-resume tests compare an
+    in-process run with a subprocess one: a different thread count changes the reductions' order.
+    """
+    previous = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)

@@ -48,11 +48,8 @@ def test_conv_flops_are_the_model_macs_less_the_classifier(prof):
 
 def test_a_real_profile_accounts_for_the_whole_step(prof, capsys):
     args = ["--model", "efficientnetv2_pico", "--size", "16", "--batch", "4", "--in-chans", "1"]
-    threads = torch.get_num_threads()
-    try:  # --threads changes the whole process's torch threads; later in-process runs must not inherit it
-        assert prof.main([*args, "--num-classes", "10", "--steps", "2", "--threads", "1", "--amp", "none"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    # --threads changes the process's torch threads: conftest's restore_torch_threads gives them back
+    assert prof.main([*args, "--num-classes", "10", "--steps", "2", "--threads", "1", "--amp", "none"]) == 0
     out = capsys.readouterr().out
     shares = [float(s) for s in re.findall(r"\| ([\d.]+)% \|", out)]
     assert shares and abs(sum(shares) - 100.0) < 0.5
