@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     events = prof.key_averages()
     per_kind: dict[str, float] = {}
     for e in events:
-        per_kind[kind_of(e.key)] = per_kind.get(kind_of(e.key), 0.0) + e.self_cpu_time_total / 1e3 / args.steps
+        kind = kind_of(e.key)
+        per_kind[kind] = per_kind.get(kind, 0.0) + e.self_cpu_time_total / 1e3 / args.steps
     total = sum(per_kind.values())
     gemm = measured_gemm_flops("bf16" if amp == "bf16" else "fp32")
     m = describe("cpu")
