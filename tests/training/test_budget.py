@@ -14,8 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from effv2.config import Recipe
+from effv2.config.values import RecipeError
 from effv2.training.budget import plan_steps, planned_seconds
 from effv2.training.lr import LRSchedule, total_steps
+from effv2.training.schedule import all_stages
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "golden"))
@@ -392,12 +394,51 @@ def test_progressive_needs_enough_planned_epochs():
     assert fixed_or_progressive(20.0, 20)["used"] and fixed_or_progressive(36.1, 20)["used"]
 
 
-@pytest.mark.parametrize("min_epochs", [0, 1000])
-def test_a_short_budget_trains_the_fixed_size_schedule(tmp_path, min_epochs):
+def test_the_fallback_takes_the_first_or_the_last_stages_regularization():
+    from effv2.config.schema import ProgressiveConfig
+    from effv2.training.budget import fallback_progressive, fallback_sets, fallback_words
+
+    p = ProgressiveConfig(
+        n_stages=2, min_size=24, randaug_min=0, randaug_max=2, dropout_min=0.05, dropout_max=0.1, min_epochs=24
+    )
+    stages = all_stages(p, train_size=28, dropout=0.1, drop_path=0.05)
+    assert fallback_sets(stages, "last") == {"progressive.enabled": False}
+    first = fallback_sets(stages, "first")
+    assert first == {
+        "progressive.enabled": False,
+        "progressive.randaug_max": 0,
+        "progressive.mixup_max": 0,
+        "progressive.cutmix_max": 0,
+        "progressive.dropout_max": 0.05,
+        "progressive.drop_path_max": 0.05,
+    }
+    # the one stage the fallback trains: the last stage's size, stage 0's regularization
+    (one,) = all_stages(fallback_progressive(p, first), train_size=28, dropout=0.1, drop_path=0.05)
+    assert (one.image_size, one.randaug_magnitude, one.dropout, one.drop_path) == (28, 0, 0.05, 0.05)
+    (last,) = all_stages(
+        fallback_progressive(p, fallback_sets(stages, "last")), train_size=28, dropout=0.1, drop_path=0.05
+    )
+    assert (last.image_size, last.randaug_magnitude, last.dropout) == (28, 2, 0.1)
+    assert fallback_words(first, "first") == (
+        "with the first stage's regularization (RandAugment 0, Mixup 0, CutMix 0, dropout 0.05, drop_path 0.05)"
+    )
+    assert fallback_words({"progressive.enabled": False}, "last") == "with the last stage's regularization"
+    with pytest.raises(RecipeError, match="progressive.fallback_regularization"):
+        ProgressiveConfig(fallback_regularization="middle")
+
+
+@pytest.mark.parametrize("min_epochs,regularization", [(0, "first"), (1000, "last"), (1000, "first")])
+def test_a_short_budget_trains_the_fixed_size_schedule(tmp_path, min_epochs, regularization):
     """progressive.min_epochs: a plan with fewer epochs trains every step at the last stage's size, with
-    the steps planned from that size's measured step (recorded; the recipe says progressive off so that
-    --resume runs the same way). 0 (the default) leaves progressive on, and the plan says nothing."""
-    cfg = _train_3s(tmp_path, f"progressive.min_epochs={min_epochs}")
+    the steps planned from that size's measured step, and the regularization of the last stage or of the
+    first (progressive.fallback_regularization); recorded, and the recipe says progressive off with those
+    values so that --resume runs the same way. 0 (the default) leaves progressive on, and the plan says
+    nothing."""
+    reg = ["progressive.randaug_min=0", "progressive.randaug_max=2"]
+    reg += ["progressive.dropout_min=0.05", "progressive.dropout_max=0.1"]
+    cfg = _train_3s(
+        tmp_path, f"progressive.min_epochs={min_epochs}", f"progressive.fallback_regularization={regularization}", *reg
+    )
     plan, rec = cfg["plan"], cfg["recipe"]
     if min_epochs == 0:
         assert plan["progressive"] == {} and rec["progressive"]["enabled"] is True
@@ -406,9 +447,15 @@ def test_a_short_budget_trains_the_fixed_size_schedule(tmp_path, min_epochs):
     pr = plan["progressive"]
     assert pr["used"] is False and pr["min_epochs"] == 1000 and 0 < pr["progressive_epochs"] < 1000
     assert pr["progressive_steps"] >= 1 and plan["stage_sizes"] == [24] and len(plan["step_s"]) == 1
+    assert pr["regularization"] == regularization and pr["set"]["progressive.enabled"] is False
     assert rec["progressive"]["enabled"] is False and cfg["layers"]["plan"]["set"]["progressive.enabled"] is False
+    for key, value in pr["set"].items():  # recorded in the recipe and in the plan's layer
+        assert (
+            rec["progressive"][key.removeprefix("progressive.")] == value and cfg["layers"]["plan"]["set"][key] == value
+        )
     assert plan["steps"] == rec["max_steps"] and plan["planned_s"] <= (1 - plan["margin"]) * plan["left_s"] + 0.01
-    sizes = {
-        json.loads(line).get("image_size") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    }
-    assert sizes - {None} == {24}  # every epoch trained at the last stage's size
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [e for e in epochs if e.get("image_size") is not None]
+    assert epochs and {e["image_size"] for e in epochs} == {24}  # every epoch trained at the last stage's size
+    expected = (0.0, 0.05) if regularization == "first" else (2.0, 0.1)
+    assert {(e["randaug"], e["dropout"]) for e in epochs} == {expected}

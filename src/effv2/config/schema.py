@@ -45,8 +45,11 @@ class ProgressiveConfig:
     drop_path_min: float | None = None  # stochastic depth of stage 0; null = no schedule (fixed at drop_path_max)
     drop_path_max: float | None = None  # stochastic depth of the last stage; null = the model's drop_path
     # with a time budget: progressive only when the plan fits at least this many epochs, else every step
-    # at the last stage (as enabled=false); 0 = always progressive (training/budget.py)
+    # at the last stage's size (as enabled=false); 0 = always progressive (training/budget.py)
     min_epochs: float = 0
+    # the regularization of that fixed-size fallback: the last stage's ("last", as enabled=false) or the
+    # first stage's ("first": RandAugment, Mixup, CutMix, dropout and drop_path at their min values)
+    fallback_regularization: Literal["last", "first"] = "last"
 
     _bool_key = "enabled"  # `progressive: false` in a layer is `progressive.enabled: false`
 

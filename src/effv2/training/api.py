@@ -27,7 +27,7 @@ from ..runtime import compile_cache, resolve_runtime
 from ..runtime import deterministic as deterministic_mode
 from ..runtime.distributed import barrier, cleanup, gather_objects
 from ..runtime.malloc import keep_freed_memory
-from .budget import compile_candidate, plan_budget
+from .budget import compile_candidate, fallback_progressive, fallback_words, plan_budget
 from .build import adapt_and_load, build_model, build_parts, channel_stats, init_overrides, seed_everything
 from .callbacks import Callback
 from .logging_sinks import logging_callbacks, parse_log
@@ -260,7 +260,9 @@ def _train(
                 max_steps=plan["steps"],
                 time_budget_s=stop_s,
                 compile=bool(plan["compile"]["used"]),
-                progressive=replace(rec.progressive, enabled=False) if fixed else rec.progressive,
+                progressive=fallback_progressive(rec.progressive, plan["progressive"]["set"])
+                if fixed
+                else rec.progressive,
             )
             provenance["plan"] = {
                 "source": f"time budget {rec.time_budget}, measured on this machine",
@@ -269,7 +271,7 @@ def _train(
                     "max_steps": rec.max_steps,
                     "time_budget_s": rec.time_budget_s,
                     "compile": rec.compile,
-                    **({"progressive.enabled": False} if fixed else {}),
+                    **(plan["progressive"]["set"] if fixed else {}),
                 },
             }
             if dist.is_main and not quiet:
@@ -285,7 +287,7 @@ def _train(
                     print(
                         f"progressive: off (its plan fits {pr['progressive_epochs']:.1f} epochs, under "
                         f"progressive.min_epochs {pr['min_epochs']:g}): every step at {plan['stage_sizes'][-1]}px "
-                        "with the last stage's regularization",
+                        + fallback_words(pr["set"], pr["regularization"]),
                         flush=True,
                     )
                 c = plan["compile"]

@@ -170,15 +170,53 @@ def _time_steps(step, batches, *, warm: int, timed: int, device, max_warm: int =
 
 def fixed_or_progressive(progressive_epochs: float, min_epochs: float) -> dict[str, Any]:
     """Whether a budgeted run keeps progressive learning (pure): only when its plan fits at least
-    ``progressive.min_epochs`` epochs. Below, every step trains at the last stage's size and
-    regularization (``progressive.enabled=false``). Why (the demo's model and recipe, validation top-1
-    at equal wall time, benchmarks/RESULTS.md): the fixed 28 px schedule led by 0.3-0.8 points wherever
-    the progressive plan had under 20 epochs (Zen 4 2 min, 5 epochs: +0.77; Zen 5 2 and 5 min, 6 and 12
-    epochs: +0.43, +0.37; Zen 3 fp32 10 min, 15 and 20 epochs: +0.31, +0.67), and the two were within a
-    seed's noise from 18 to 116 epochs. The demo recipe says 24: a plan's epochs drift by a third with
-    the VM's speed (Zen 3: 14.6 and 19.5 epochs planned for the same 10 minutes)."""
+    ``progressive.min_epochs`` epochs. Below, every step trains at the last stage's size
+    (``progressive.enabled=false``; with which regularization: :func:`fallback_sets`). Why (the demo's
+    model and recipe, validation top-1 at equal wall time, benchmarks/RESULTS.md): the fixed 28 px
+    schedule led by 0.3-0.8 points wherever the progressive plan had under 20 epochs (Zen 4 2 min, 5
+    epochs: +0.77; Zen 5 2 and 5 min, 6 and 12 epochs: +0.43, +0.37; Zen 3 fp32 10 min, 15 and 20
+    epochs: +0.31, +0.67), and the two were within a seed's noise from 18 to 116 epochs. The demo recipe
+    says 24: a plan's epochs drift by a third with the VM's speed (Zen 3: 14.6 and 19.5 epochs planned
+    for the same 10 minutes)."""
     used = progressive_epochs >= min_epochs
     return {"used": used, "progressive_epochs": round(progressive_epochs, 2), "min_epochs": min_epochs}
+
+
+def fallback_sets(stages: list[Any], regularization: str) -> dict[str, Any]:
+    """The recipe keys that make the fixed-size fallback of ``progressive.min_epochs`` (pure): one stage
+    at the last stage's size (``progressive.enabled=false``), with the last stage's regularization
+    (``"last"``) or the first stage's (``"first"``: its RandAugment magnitude, Mixup and CutMix alphas,
+    dropout and drop_path become the max values, which the one stage trains with). ``stages`` are the
+    progressive schedule's :class:`StageParams`, first to last. Why "first" for the demo: on the 2-core
+    Zen 3 at 10 minutes (about 13 epochs) the fallback with stage 0's regularization read higher on
+    validation than with the last stage's (benchmarks/RESULTS.md, "The fixed-size fallback's
+    regularization")."""
+    sets: dict[str, Any] = {"progressive.enabled": False}
+    if regularization == "first":
+        s0 = stages[0]
+        sets |= {
+            "progressive.randaug_max": s0.randaug_magnitude,
+            "progressive.mixup_max": s0.mixup_alpha,
+            "progressive.cutmix_max": s0.cutmix_alpha,
+            "progressive.dropout_max": s0.dropout,
+            "progressive.drop_path_max": s0.drop_path,
+        }
+    return sets
+
+
+def fallback_progressive(p: Any, sets: dict[str, Any]) -> Any:
+    """``p`` (a ProgressiveConfig) with :func:`fallback_sets`' keys applied (pure)."""
+    return replace(p, **{k.removeprefix("progressive."): v for k, v in sets.items()})
+
+
+def fallback_words(sets: dict[str, Any], regularization: str) -> str:
+    """What the fallback trains with, for the line a budgeted run prints (pure)."""
+    if regularization != "first":
+        return "with the last stage's regularization"
+    names = {"randaug_max": "RandAugment", "mixup_max": "Mixup", "cutmix_max": "CutMix", "dropout_max": "dropout"}
+    names["drop_path_max"] = "drop_path"
+    shown = [f"{names[k.removeprefix('progressive.')]} {v:g}" for k, v in sets.items() if k != "progressive.enabled"]
+    return "with the first stage's regularization (" + ", ".join(shown) + ")"
 
 
 def compile_unsure(eager_s: float, compiled_s: float) -> bool:
@@ -397,10 +435,14 @@ def plan_budget(
             step_s, steps = compiled_s, compiled_steps
     progressive, sizes = {}, [sp.image_size for sp in stages]
     if p.enabled and len(stages) > 1 and p.min_epochs > 0:
-        # the last stage is the fixed-size schedule's one stage (enabled=false: max size, max regularization)
+        # the last stage's size is the fixed-size schedule's one stage (enabled=false: max size)
         progressive = fixed_or_progressive(steps / steps_per_epoch, p.min_epochs)
         if not progressive["used"]:
             progressive["progressive_steps"] = steps
+            progressive["regularization"] = p.fallback_regularization
+            progressive["set"] = fallback_sets(stages, p.fallback_regularization)
+            # the step stays the one timed at the last stage: with "first" its RandAugment (if any) made
+            # it a little slower, so the plan is conservative and re-planning gives the time back
             step_s, eval_s, sizes = step_s[-1:], eval_s[-1:], sizes[-1:]
             steps = plan_for(step_s, eval_s)
     planned = planned_seconds(
