@@ -8,8 +8,10 @@ Each run is `effv2 train --model efficientnetv2_fmnist --data fashion-mnist --re
 --time-budget B --seed S` in its own process, one after another (never two at once: each run
 measures its step times and plans its steps for this machine). Variants default to ``progressive``
 (the recipe with ``progressive.min_epochs=0``: progressive at every budget) and ``fixed``
-(``progressive.enabled=false``: every step at 28 px with the last stage's regularization); the recipe
-as shipped picks between the two by its plan's epochs (``progressive.min_epochs``). Selection is on
+(``progressive.min_epochs=1000000``: the recipe's own fixed-size fallback at every budget, every step at
+28 px with the regularization ``progressive.fallback_regularization`` names, the first stage's in
+``fmnist-cpu``; the rows recorded before 2026-12-07 17:00 UTC used ``progressive.enabled=false``, the last
+stage's); the recipe as shipped picks between the two by its plan's epochs (``progressive.min_epochs``). Selection is on
 the validation hold-out; the test split is read once per run, at its end (summary.json's ``test_top1``).
 A run folder that already holds a summary.json is reused, so an interrupted benchmark continues where it
 stopped. Prints a table, writes the rows to
@@ -30,8 +32,9 @@ from statistics import mean
 
 HERE = Path(__file__).resolve().parent
 # progressive.min_epochs=0: the progressive arm stays progressive at every budget (the recipe's min_epochs
-# would turn a short budget's run into the fixed schedule)
-DEFAULT_VARIANTS = {"progressive": ["progressive.min_epochs=0"], "fixed": ["progressive.enabled=false"]}
+# would turn a short budget's run into the fixed schedule); min_epochs=1000000: the fixed arm is the recipe's
+# fallback at every budget, with the fallback's regularization, as `make demo` trains it
+DEFAULT_VARIANTS = {"progressive": ["progressive.min_epochs=0"], "fixed": ["progressive.min_epochs=1000000"]}
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

@@ -73,3 +73,21 @@ def test_replot_draws_recorded_rows_without_training(tmp_path, monkeypatch):
     assert budget.main(["--replot", str(recorded), "--out", str(tmp_path / "never")]) == 0
     assert drawn["rows"] == rows and drawn["title"].endswith("on AMD EPYC, family 25 model 17, 2 cores, avx2")
     assert (tmp_path / "rows.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "never").exists()
+
+
+def test_the_arms_are_progressive_always_and_the_recipes_own_fallback_always():
+    from effv2.config import resolve_recipe
+
+    def arm(name):
+        rec, _ = resolve_recipe(
+            "fmnist-cpu",
+            model="efficientnetv2_fmnist",
+            dataset="fashion-mnist",
+            overrides=budget.DEFAULT_VARIANTS[name],
+        )
+        return rec.progressive
+
+    prog, fixed = arm("progressive"), arm("fixed")
+    assert prog.enabled and prog.min_epochs == 0  # never falls back
+    # the fallback at any budget a machine can plan, with the recipe's fallback regularization (as make demo)
+    assert fixed.enabled and fixed.min_epochs >= 1e6 and fixed.fallback_regularization == "first"
