@@ -44,9 +44,29 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [s for s in sets.split(",") if s]
 
 
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def check_reused(out: Path, *, budget: str, seed: int, sets: list[str]) -> None:
+    """A run folder is reused (or resumed) only when it was made with the same ``--set`` values: a variant
+    whose meaning changed (the fixed arm, 2026-12-07) must not pick up the old arm's folders."""
+    config = out / "config.json"
+    if not config.exists():
+        return
+    recorded = json.loads(config.read_text()).get("layers", {}).get("overrides", {}).get("set", {})
+    wanted = {"time_budget": budget, "seed": seed, **{k: _value(v) for k, v in (x.split("=", 1) for x in sets)}}
+    if recorded != wanted:
+        raise SystemExit(f"{out}: holds a run made with {recorded}, not {wanted}; pass another --out")
+
+
 def run_one(out: Path, *, budget: str, seed: int, sets: list[str], model: str, recipe: str) -> dict:
     """One budgeted training run in its own process (or the summary of a finished one)."""
     summary = out / "summary.json"
+    check_reused(out, budget=budget, seed=seed, sets=sets)
     if not summary.exists():
         cmd = [sys.executable, "-m", "effv2", "train", "--model", model, "--data", "fashion-mnist"]
         cmd += ["--recipe", recipe, "--out", str(out), "--time-budget", budget, "--seed", str(seed), "--quiet"]

@@ -51,7 +51,8 @@ def test_a_finished_run_folder_is_reused_not_retrained(tmp_path):
         json.dumps({"test_top1": 90.1, "best_top1": 90.5, "train_s": 100.0, "epochs": 2, "completed": True})
     )
     plan = {"steps": 300, "steps_per_epoch": 200, "planned_s": 110.0, "step_s": [0.1, 0.2]}
-    (out / "config.json").write_text(json.dumps({"plan": plan}))
+    layers = {"overrides": {"source": "--set", "set": {"time_budget": "2m", "seed": 0}}}  # as effv2 train records it
+    (out / "config.json").write_text(json.dumps({"plan": plan, "layers": layers}))
     # two evaluated epochs; the second ran past the first plan (a re-plan added steps)
     rows = [{"epoch": 1, "step": 200, "top1": 80.0}, {"epoch": 2, "step": 340, "top1": 90.5}]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -91,3 +92,16 @@ def test_the_arms_are_progressive_always_and_the_recipes_own_fallback_always():
     assert prog.enabled and prog.min_epochs == 0  # never falls back
     # the fallback at any budget a machine can plan, with the recipe's fallback regularization (as make demo)
     assert fixed.enabled and fixed.min_epochs >= 1e6 and fixed.fallback_regularization == "first"
+
+
+def test_a_folder_made_with_other_settings_is_not_reused(tmp_path):
+    run = tmp_path / "fixed-10m-s0"
+    run.mkdir()
+    old = {"time_budget": "10m", "seed": 0, "progressive.enabled": False}  # the fixed arm before 2026-12-07
+    (run / "config.json").write_text(json.dumps({"layers": {"overrides": {"source": "--set", "set": old}}}))
+    with pytest.raises(SystemExit, match="holds a run made with"):
+        budget.check_reused(run, budget="10m", seed=0, sets=budget.DEFAULT_VARIANTS["fixed"])
+    budget.check_reused(run, budget="10m", seed=0, sets=["progressive.enabled=false"])  # the same: reused
+    with pytest.raises(SystemExit):
+        budget.check_reused(run, budget="10m", seed=1, sets=["progressive.enabled=false"])
+    budget.check_reused(tmp_path / "new", budget="10m", seed=0, sets=[])  # nothing there yet

@@ -423,6 +423,12 @@ def test_the_fallback_takes_the_first_or_the_last_stages_regularization():
         "with the first stage's regularization (RandAugment 0, Mixup 0, CutMix 0, dropout 0.05, drop_path 0.05)"
     )
     assert fallback_words({"progressive.enabled": False}, "last") == "with the last stage's regularization"
+    # stage 0's values, not the min keys: the "code" variant keeps dropout at its max in every stage, and a
+    # drop_path schedule (drop_path_min set) and Mixup/CutMix ramps start at their min
+    code = replace(p, variant="code", mixup_min=0.1, mixup_max=0.3, cutmix_min=0.1, cutmix_max=0.3, drop_path_min=0.0)
+    s0 = fallback_sets(all_stages(code, train_size=28, dropout=0.1, drop_path=0.05), "first")
+    assert (s0["progressive.dropout_max"], s0["progressive.drop_path_max"]) == (0.1, 0.0)
+    assert (s0["progressive.mixup_max"], s0["progressive.cutmix_max"]) == (0.1, 0.1)
     with pytest.raises(RecipeError, match="progressive.fallback_regularization"):
         ProgressiveConfig(fallback_regularization="middle")
 

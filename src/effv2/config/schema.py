@@ -48,7 +48,7 @@ class ProgressiveConfig:
     # at the last stage's size (as enabled=false); 0 = always progressive (training/budget.py)
     min_epochs: float = 0
     # the regularization of that fixed-size fallback: the last stage's ("last", as enabled=false) or the
-    # first stage's ("first": RandAugment, Mixup, CutMix, dropout and drop_path at their min values)
+    # first stage's ("first": RandAugment, Mixup, CutMix, dropout and drop_path at stage 0's values)
     fallback_regularization: Literal["last", "first"] = "last"
 
     _bool_key = "enabled"  # `progressive: false` in a layer is `progressive.enabled: false`

@@ -188,7 +188,7 @@ def fallback_sets(stages: list[Any], regularization: str) -> dict[str, Any]:
     (``"last"``) or the first stage's (``"first"``: its RandAugment magnitude, Mixup and CutMix alphas,
     dropout and drop_path become the max values, which the one stage trains with). ``stages`` are the
     progressive schedule's :class:`StageParams`, first to last. Why "first" for the demo: on the 2-core
-    Zen 3 at 10 minutes (about 13 epochs) the fallback with stage 0's regularization read higher on
+    Zen 3 at 10 minutes (about 12 epochs) the fallback with stage 0's regularization read higher on
     validation than with the last stage's (benchmarks/RESULTS.md, "The fixed-size fallback's
     regularization")."""
     sets: dict[str, Any] = {"progressive.enabled": False}
