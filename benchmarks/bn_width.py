@@ -18,26 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from effv2.bench.machine import describe
+from effv2.bench.timing import measure
 from effv2.runtime.malloc import keep_freed_memory
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return 1e3 * times[len(times) // 2]
+    """Median milliseconds of ``fn`` over ``repeats`` calls after 5 untimed ones (effv2's step timer)."""
+    return 1e3 * measure(fn, batch_size=1, steps=repeats, warmup=5)["step_s"]
 
 
 def side(channels: int, elements: int, batch: int) -> int:

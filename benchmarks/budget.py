@@ -10,12 +10,13 @@ measures its step times and plans its steps for this machine). Variants default 
 (the recipe with ``progressive.min_epochs=0``: progressive at every budget) and ``fixed``
 (``progressive.min_epochs=1000000``: the recipe's own fixed-size fallback at every budget, every step at
 28 px with the regularization ``progressive.fallback_regularization`` names, the first stage's in
-``fmnist-cpu``; the rows recorded before 2026-12-07 17:00 UTC used ``progressive.enabled=false``, the last
-stage's); the recipe as shipped picks between the two by its plan's epochs (``progressive.min_epochs``). Selection is on
-the validation hold-out; the test split is read once per run, at its end (summary.json's ``test_top1``).
-A run folder that already holds a summary.json is reused, so an interrupted benchmark continues where it
-stopped. Prints a table, writes the rows to
-``--json`` and the plot of test top-1 against the budget to ``--plot`` (PNG).
+``fmnist-cpu``; the rows recorded before 2026-12-07 17:00 UTC used ``progressive.enabled=false``, the
+last stage's); the recipe as shipped picks between the two by its plan's epochs
+(``progressive.min_epochs``). Selection is on the validation hold-out; the test split is read once per
+run, at its end (summary.json's ``test_top1``). A run folder that already holds a summary.json is reused,
+so an interrupted benchmark continues where it stopped, but only when it was made with the same
+``--set`` values (``check_reused``). Prints a table, writes the rows to ``--json`` and the plot of test
+top-1 against the budget to ``--plot`` (PNG).
 """
 
 from __future__ import annotations

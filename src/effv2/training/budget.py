@@ -209,13 +209,21 @@ def fallback_progressive(p: Any, sets: dict[str, Any]) -> Any:
     return replace(p, **{k.removeprefix("progressive."): v for k, v in sets.items()})
 
 
+# how the printed plan line names each key fallback_sets may set
+_FALLBACK_NAMES = {
+    "progressive.randaug_max": "RandAugment",
+    "progressive.mixup_max": "Mixup",
+    "progressive.cutmix_max": "CutMix",
+    "progressive.dropout_max": "dropout",
+    "progressive.drop_path_max": "drop_path",
+}
+
+
 def fallback_words(sets: dict[str, Any], regularization: str) -> str:
     """What the fallback trains with, for the line a budgeted run prints (pure)."""
     if regularization != "first":
         return "with the last stage's regularization"
-    names = {"randaug_max": "RandAugment", "mixup_max": "Mixup", "cutmix_max": "CutMix", "dropout_max": "dropout"}
-    names["drop_path_max"] = "drop_path"
-    shown = [f"{names[k.removeprefix('progressive.')]} {v:g}" for k, v in sets.items() if k != "progressive.enabled"]
+    shown = [f"{_FALLBACK_NAMES[k]} {v:g}" for k, v in sets.items() if k in _FALLBACK_NAMES]
     return "with the first stage's regularization (" + ", ".join(shown) + ")"
 
 
