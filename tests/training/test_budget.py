@@ -465,3 +465,38 @@ def test_a_short_budget_trains_the_fixed_size_schedule(tmp_path, min_epochs, reg
     assert epochs and {e["image_size"] for e in epochs} == {24}  # every epoch trained at the last stage's size
     expected = (0.0, 0.05) if regularization == "first" else (2.0, 0.1)
     assert {(e["randaug"], e["dropout"]) for e in epochs} == {expected}
+
+
+@pytest.mark.parametrize("regularization", ["first", "last"])
+def test_the_fallback_is_planned_from_its_own_step(tmp_path, monkeypatch, regularization):
+    """A fallback with another regularization than the last stage's (first: no RandAugment where the last
+    stage has it) trains faster per step: the planner times that stage too and plans from it, recording
+    the last stage's step beside it; with the last stage's regularization nothing more is timed."""
+    import effv2.training.budget as budget
+
+    times = iter([0.01, 0.02, 0.04])  # 16 px, 24 px, then the fallback stage (if timed)
+    calls: list[float] = []
+
+    def fake_time_steps(step, batches, **kw):
+        calls.append(next(times))
+        return calls[-1]
+
+    monkeypatch.setattr(budget, "_time_steps", fake_time_steps)
+    cfg = _train_3s(
+        tmp_path,
+        "progressive.min_epochs=1000",
+        f"progressive.fallback_regularization={regularization}",
+        "progressive.randaug_min=0",
+        "progressive.randaug_max=2",
+    )
+    plan = cfg["plan"]
+    if regularization == "first":
+        assert calls == [0.01, 0.02, 0.04] and plan["step_s"] == [0.04]
+        assert plan["progressive"]["last_stage_step_s"] == 0.02
+    else:
+        assert calls == [0.01, 0.02] and plan["step_s"] == [0.02] and "last_stage_step_s" not in plan["progressive"]
+    # the steps are the most that fit the budget left at the recorded step (the eval size is the last size)
+    at = dict(stage_step_s=plan["step_s"], steps_per_epoch=plan["steps_per_epoch"], eval_s=plan["eval_s"])
+    assert plan["steps"] == cfg["recipe"]["max_steps"]
+    assert planned_seconds(plan["steps"], **at) == pytest.approx(plan["planned_s"], abs=0.05)
+    assert planned_seconds(plan["steps"] + 1, **at) > (1 - plan["margin"]) * plan["left_s"] - 0.05
