@@ -16,7 +16,9 @@ last stage's); the recipe as shipped picks between the two by its plan's epochs
 run, at its end (summary.json's ``test_top1``). A run folder that already holds a summary.json is reused,
 so an interrupted benchmark continues where it stopped, but only when it was made with the same
 ``--set`` values (``check_reused``). Prints a table, writes the rows to ``--json`` and the plot of test
-top-1 against the budget to ``--plot`` (PNG).
+top-1 against the budget to ``--plot`` (PNG). A row's ``step_ms`` is the first plan's step at each
+planned size; for a fallback run from 7979901 on it is the fallback stage's own step (before, the last
+progressive stage's, RandAugment included).
 """
 
 from __future__ import annotations

@@ -117,9 +117,14 @@ def test_a_budgeted_run_records_its_plan_and_resumes_bitwise(tmp_path):
     resumed = run_cli("train", "--resume", str(part), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((part / "config.json").read_text())["plan"] == plan  # the recorded plan, not a new one
-    # the same schedule without a budget: bit for bit the same weights
-    ref = run_cli(*train_args(tmp_path / "ref", sets=[*SETS, f"epochs={plan['epochs']}", f"max_steps={plan['steps']}"]))
+    # the same plan uninterrupted (--plan-from: not measured again): bit for bit the same weights
+    ref = run_cli(*train_args(tmp_path / "ref", "--plan-from", str(part)))
     assert ref.returncode == 0, ref.stderr[-2000:]
+    twin = json.loads((tmp_path / "ref" / "config.json").read_text())
+    assert twin["plan"] == {**plan, "from": str(part.resolve())}
+    # the same recipe, but for the budget it did not plan from (time_budget: the source run's, here null)
+    assert {**twin["recipe"], "time_budget": "3s"} == cfg["recipe"] and twin["recipe"]["time_budget"] is None
+    assert twin["layers"]["plan"]["set"] == cfg["layers"]["plan"]["set"]
     a, b = (
         checkpoint_tensors(part / "checkpoints" / "last.safetensors"),
         checkpoint_tensors(tmp_path / "ref" / "checkpoints" / "last.safetensors"),
@@ -307,11 +312,14 @@ def test_a_close_call_is_timed_for_more_rounds(monkeypatch):
         assert clock.n[False] - 3 == 3 * 4
 
 
-@pytest.mark.skipif(not run_golden.SHARED.is_dir(), reason="shared Fashion-MNIST not available")
 def _train_3s(tmp_path, *extra: str) -> dict:
     """The pico model trained in-process for a 3 s budget with SETS (less its hard stop) and ``extra``;
-    returns its config.json."""
+    returns its config.json (skips the calling test without the shared Fashion-MNIST: a mark on this
+    helper did nothing)."""
     import effv2.training.api as api
+
+    if not run_golden.SHARED.is_dir():
+        pytest.skip("shared Fashion-MNIST not available")
 
     data = run_golden.write_subset(tmp_path / "fm")
     sets = [s for s in SETS if not s.startswith("time_budget_s")] + list(extra)
@@ -475,11 +483,11 @@ def test_the_fallback_is_planned_from_its_own_step(tmp_path, monkeypatch, regula
     import effv2.training.budget as budget
 
     times = iter([0.01, 0.02, 0.04])  # 16 px, 24 px, then the fallback stage (if timed)
-    calls: list[float] = []
+    calls: list[tuple[int, float]] = []
 
-    def fake_time_steps(step, batches, **kw):
-        calls.append(next(times))
-        return calls[-1]
+    def fake_time_steps(step, batches, **kw):  # the image size of the batches it is given, and a time
+        calls.append((next(iter(next(batches).values())).x.shape[-1], next(times)))
+        return calls[-1][1]
 
     monkeypatch.setattr(budget, "_time_steps", fake_time_steps)
     cfg = _train_3s(
@@ -491,12 +499,48 @@ def test_the_fallback_is_planned_from_its_own_step(tmp_path, monkeypatch, regula
     )
     plan = cfg["plan"]
     if regularization == "first":
-        assert calls == [0.01, 0.02, 0.04] and plan["step_s"] == [0.04]
+        assert calls == [(16, 0.01), (24, 0.02), (24, 0.04)] and plan["step_s"] == [0.04]
         assert plan["progressive"]["last_stage_step_s"] == 0.02
     else:
-        assert calls == [0.01, 0.02] and plan["step_s"] == [0.02] and "last_stage_step_s" not in plan["progressive"]
+        assert (
+            calls == [(16, 0.01), (24, 0.02)]
+            and plan["step_s"] == [0.02]
+            and "last_stage_step_s" not in plan["progressive"]
+        )
     # the steps are the most that fit the budget left at the recorded step (the eval size is the last size)
     at = dict(stage_step_s=plan["step_s"], steps_per_epoch=plan["steps_per_epoch"], eval_s=plan["eval_s"])
     assert plan["steps"] == cfg["recipe"]["max_steps"]
     assert planned_seconds(plan["steps"], **at) == pytest.approx(plan["planned_s"], abs=0.05)
     assert planned_seconds(plan["steps"] + 1, **at) > (1 - plan["margin"]) * plan["left_s"] - 0.05
+
+
+def test_plan_from_refuses_what_it_cannot_train(tmp_path, capsys):
+    """--plan-from: one line, exit 2, naming the file, for a folder that is not a run, a run without a
+    budget, a plan made for other steps an epoch; and with --time-budget or --resume."""
+    from effv2.cli.main import main
+
+    if not run_golden.SHARED.is_dir():
+        pytest.skip("shared Fashion-MNIST not available")
+    data = run_golden.write_subset(tmp_path / "fm")
+    done = tmp_path / "done"
+    done.mkdir()
+    recorded = {"model": "efficientnetv2_pico", "data": "fashion-mnist", "recipe": {}, "plan": None}
+    (done / "config.json").write_text(json.dumps(recorded))
+    cases = {
+        str(tmp_path / "nothing"): "no config.json there",
+        str(done): 'not trained to a time budget (no "plan")',
+    }
+    for i, (folder, words) in enumerate(cases.items()):
+        assert main(pico_train_args(data, tmp_path / f"new{i}", SETS, "--plan-from", folder)) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    plan = {k: 1 for k in ("budget_s", "steps", "epochs", "step_s", "stage_sizes", "planned_s", "eval_s")}
+    plan |= {"measured_in_s": 1, "compile": {"used": False}, "progressive": {}, "steps_per_epoch": 999}
+    (done / "config.json").write_text(json.dumps({**recorded, "plan": plan}))
+    assert main(pico_train_args(data, tmp_path / "new2", SETS, "--plan-from", str(done))) == 2
+    err = capsys.readouterr().err
+    assert f"{done / 'config.json'}: its plan has 999 steps an epoch" in err, err
+    both = pico_train_args(data, tmp_path / "new3", SETS, "--plan-from", str(done), "--time-budget", "1m")
+    assert main(both) == 2 and "give it or --time-budget, not both" in capsys.readouterr().err
+    assert main(["train", "--resume", str(done), "--plan-from", str(done)]) == 2
+    assert "--plan-from cannot change it" in capsys.readouterr().err

@@ -200,6 +200,10 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_fmnist, capsys):
 
 
 def test_torchrun_two_cpu_processes(tmp_path, tiny_fmnist):
+    """Two CPU processes under torchrun, to a time budget whose plan falls back to the fixed-size schedule
+    with the first stage's regularization (so the fallback stage is timed too): every rank plans from rank
+    0's measurements and follows its warm-up decisions (a step is collective: ranks that warmed up for
+    different numbers of steps would wait on each other for ever), one writer, the global batch split."""
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -221,18 +225,25 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_fmnist):
         "--out",
         str(out),
         "--quiet",
+        "--time-budget",
+        "4s",
     ]
-    for s in [*FAST, "epochs=1"]:
+    for s in [*FAST, "progressive.min_epochs=1000", "progressive.fallback_regularization=first"]:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 1  # one writer: rank 0
-    n_train = json.loads((out / "config.json").read_text())["data_fingerprint"]["train"]
-    assert rows[0]["images_seen"] == (n_train // 32) * 32  # the global batch is split over the 2 ranks
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["world_size"] == 2
+    plan = cfg["plan"]
+    assert plan["progressive"]["used"] is False and plan["progressive"]["last_stage_step_s"] > 0
+    assert plan["steps"] == cfg["recipe"]["max_steps"] and len(plan["step_s"]) == 1
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r.get("image_size") is not None]
+    steps = [r["step"] for r in epochs]
+    assert steps and steps == sorted(set(steps))  # one writer (rank 0): no row twice
+    assert 0 < epochs[-1]["step"] <= plan["steps"]
+    assert epochs[-1]["images_seen"] == epochs[-1]["step"] * 32  # the global batch of 32 split over 2 ranks
 
 
 def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_fmnist, capsys):

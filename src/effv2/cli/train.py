@@ -51,6 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="train the best schedule that fits this wall time (10m, 2h): epochs planned from measured step times",
     )
     p.add_argument(
+        "--plan-from",
+        metavar="RUN_DIR",
+        help="train the time-budget plan recorded in RUN_DIR instead of measuring one (the same steps, stop and "
+        "fallback): with --deterministic, the uninterrupted twin of a budgeted run that was killed and resumed",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -101,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
         out = args.resume if isinstance(args.resume, str) else args.out
         if not out:
             raise UsageError("--resume needs a run folder: --resume RUN_DIR or --out RUN_DIR --resume")
-        if args.time_budget:
-            raise UsageError("--resume follows the plan recorded when the run started; --time-budget cannot change it")
+        if args.time_budget or args.plan_from:
+            flag = "--time-budget" if args.time_budget else "--plan-from"
+            raise UsageError(f"--resume follows the plan recorded when the run started; {flag} cannot change it")
         if args.resume is not True and args.out and args.out != args.resume:
             raise UsageError(f"--resume {args.resume} and --out {args.out} name two folders; give one")
         train(
@@ -125,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not (model or args.pretrained) or not args.data or not args.out:
         raise UsageError("--model (or --model-spec), --data and --out are required")
+    if args.time_budget and args.plan_from:
+        raise UsageError("--plan-from trains the plan another budgeted run made; give it or --time-budget, not both")
     overrides = list(args.overrides) + ([f"time_budget={args.time_budget}"] if args.time_budget else [])
     train(
         model,
@@ -143,5 +152,6 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         log=args.log,
         pretrained=args.pretrained,
+        plan_from=args.plan_from,
     )
     return 0

@@ -19,6 +19,7 @@ from ..config import Recipe, recipe_from_dict, recipe_to_dict, resolve_recipe
 from ..config.fitted import measure_facts
 from ..config.values import parse_duration
 from ..data.order import derive_seed
+from ..data.order import steps_per_epoch as count_steps
 from ..data.sources import DataBundle, list_sources, load_source
 from ..errors import UsageError
 from ..inference.pretrained import Pretrained, is_named, resolve_pretrained
@@ -27,7 +28,7 @@ from ..runtime import compile_cache, resolve_runtime
 from ..runtime import deterministic as deterministic_mode
 from ..runtime.distributed import barrier, cleanup, gather_objects
 from ..runtime.malloc import keep_freed_memory
-from .budget import compile_candidate, fallback_progressive, fallback_words, plan_budget
+from .budget import compile_candidate, fallback_progressive, fallback_words, plan_budget, recorded_plan
 from .build import adapt_and_load, build_model, build_parts, channel_stats, init_overrides, seed_everything
 from .callbacks import Callback
 from .logging_sinks import logging_callbacks, parse_log
@@ -92,6 +93,7 @@ def train(
     callbacks: list[Callback] | tuple[Callback, ...] = (),
     pretrained: str | None = None,
     log: str | list[str] | tuple[str, ...] | None = None,
+    plan_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``data`` into ``out_dir`` and return the run's summary.
 
@@ -103,6 +105,9 @@ def train(
     defaults to their architecture.
     ``log``: where metrics go besides metrics.jsonl and curves.png (``"csv"``, ``"tensorboard"``,
     both, or ``"none"``; logging_sinks.py); None: csv, or on resume what the run was started with.
+    ``plan_from``: a run folder whose time-budget plan (config.json's ``"plan"``) this run trains instead
+    of measuring its own: the same steps, epochs, hard stop, compile decision and fallback, so that a
+    ``--deterministic`` run killed and resumed can be checked against an uninterrupted one bit for bit.
     """
     out = Path(out_dir).expanduser().absolute()
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -127,6 +132,7 @@ def train(
             callbacks=callbacks,
             log=log,
             pretrained=pretrained,
+            plan_from=plan_from,
         )
 
 
@@ -149,12 +155,14 @@ def _train(
     callbacks,
     log=None,
     pretrained=None,
+    plan_from=None,
 ) -> dict[str, Any]:
     if seed is not None and not 0 <= seed < 2**63:
         raise UsageError(f"--seed {seed}: expected an integer in 0..2**63-1")
     given_log = parse_log(log) if log is not None else None  # a bad --log: one line before any work
     if resume:
         given = {
+            "--plan-from": plan_from,
             "--model": model,
             "--data": data,
             "--recipe": recipe,
@@ -234,7 +242,13 @@ def _train(
         try_compile, why = compile_candidate(
             rec.compile, device_type=runtime.device.type, amp=runtime.amp, budget_s=budget_s
         )
-        if budget_s is not None:
+        if plan_from is not None and not resume:  # another run's plan: its budget, not the recipe's time_budget
+            spe = count_steps(len(bundle.train), rec.batch_size // dist.world_size, dist.world_size)
+            plan = recorded_plan(absolute(str(plan_from)), steps_per_epoch=spe)
+            budget_s, try_compile = plan["budget_s"], False
+            if dist.is_main and not quiet:
+                print(f"plan: the one recorded in {plan['from']} (not measured here)", flush=True)
+        elif budget_s is not None:
             if dist.is_main and not quiet:
                 tried = " (eager and compiled: " + why + ")" if try_compile else ""
                 print(f"measuring step times for a {rec.time_budget} budget{tried} ...", flush=True)
@@ -251,6 +265,7 @@ def _train(
                 ),
                 dist,
             )[0]
+        if plan is not None:
             # the measuring (and compiling) was spent out of the budget: the hard stop moves by as much
             stop_s = max((rec.time_budget_s or budget_s) - plan["measured_in_s"], 1.0)
             fixed = plan["progressive"].get("used") is False  # too few epochs for progressive learning
@@ -265,7 +280,9 @@ def _train(
                 else rec.progressive,
             )
             provenance["plan"] = {
-                "source": f"time budget {rec.time_budget}, measured on this machine",
+                "source": f"the plan of {plan['from']}"
+                if "from" in plan
+                else f"time budget {rec.time_budget}, measured on this machine",
                 "set": {
                     "epochs": rec.epochs,
                     "max_steps": rec.max_steps,

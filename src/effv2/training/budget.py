@@ -39,14 +39,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ..data.imagesets import ImageSet
 from ..data.order import steps_per_epoch as count_steps
 from ..data.streams import StepContext, train_steps
+from ..errors import UsageError
 from ..runtime import Runtime, synchronize
+from ..runtime.distributed import gather_objects
 from .evaluate import evaluate
 from .lr import warmup_steps
+from .run_folder import read_config
 from .schedule import all_stages, stage_bounds
 
 # plan for 90% of the budget: on a shared 2-core VM the same step measured 154-201 ms minutes apart
@@ -149,9 +153,17 @@ def plan_steps(
     return best
 
 
-def _time_steps(step, batches, *, warm: int, timed: int, device, max_warm: int = 30, max_warm_s: float = 5.0) -> float:
+def _same(flag):
+    return flag
+
+
+def _time_steps(
+    step, batches, *, warm: int, timed: int, device, max_warm: int = 30, max_warm_s: float = 5.0, agree=_same
+) -> float:
     """Median seconds per step after a warm-up that lasts until two consecutive steps agree within 25%
-    (first steps at a new shape pay for kernel selection and allocation), at least ``warm`` steps."""
+    (first steps at a new shape pay for kernel selection and allocation), at least ``warm`` steps.
+    ``agree`` turns this process's "warm up more" into the one every process follows (under DDP a step
+    is collective: each process must take as many; :func:`plan_budget` passes rank 0's decision)."""
 
     def one(i: int) -> float:
         t0 = time.perf_counter()
@@ -160,12 +172,13 @@ def _time_steps(step, batches, *, warm: int, timed: int, device, max_warm: int =
         return time.perf_counter() - t0
 
     t_warm, prev, i = time.perf_counter(), None, 0
-    while i < max_warm and time.perf_counter() - t_warm < max_warm_s:
+    more = max_warm > 0
+    while more:
         t = one(i)
         i += 1
-        if i >= warm and prev is not None and abs(t - prev) <= 0.25 * prev:
-            break
+        settled = i >= warm and prev is not None and abs(t - prev) <= 0.25 * prev
         prev = t
+        more = agree(not settled and i < max_warm and time.perf_counter() - t_warm < max_warm_s)
     times = sorted(one(i + k) for k in range(timed))
     return times[len(times) // 2]
 
@@ -248,6 +261,7 @@ def _time_interleaved(
     device,
     rounds: int = 3,
     max_rounds: int = AUTO_COMPILE_MAX_ROUNDS,
+    agree=_same,
 ) -> dict[bool, float]:
     """Median seconds per step of ``step`` with the task bound to ``nets[False]`` (eager) and to
     ``nets[True]`` (compiled: its first step compiles), each warmed up, then timed in alternating blocks
@@ -260,7 +274,7 @@ def _time_interleaved(
     runtime = task.runtime
     for c in (True, False):
         task.bind(nets[c], runtime)
-        _time_steps(step, batches, warm=warm, timed=1, device=device)
+        _time_steps(step, batches, warm=warm, timed=1, device=device, agree=agree)
     times: dict[bool, list[float]] = {False: [], True: []}
     per = max(1, -(-timed // rounds))
 
@@ -272,7 +286,7 @@ def _time_interleaved(
         return compile_unsure(m[False], m[True])
 
     done = 0
-    while done < rounds or (done < max_rounds and unsure()):
+    while agree(done < rounds or (done < max_rounds and unsure())):
         for c in (False, True):
             task.bind(nets[c], runtime)
             for _ in range(per):
@@ -349,6 +363,12 @@ def plan_budget(
     batch = recipe.batch_size // runtime.dist.world_size
     steps_per_epoch = count_steps(len(bundle.train), batch, runtime.dist.world_size)
 
+    def share(value):
+        """Rank 0's ``value`` on every rank (itself without DDP): every rank plans from rank 0's measurements
+        and follows its warm-up and compile decisions, so the ranks take the same collective steps and
+        make the same plan (each timing its own steps would diverge by a step and hang in a collective)."""
+        return gather_objects(value, runtime.dist)[0]
+
     def stage_batches(sp):
         parts.task.on_stage(sp)
         ctx = StepContext(
@@ -389,12 +409,16 @@ def plan_budget(
                     timed=timed,
                     device=runtime.device,
                     max_rounds=AUTO_COMPILE_MAX_ROUNDS if k == 0 else 3,
+                    agree=share,
                 )
+                pair = {c: share(t) for c, t in pair.items()}
             except Exception as exc:  # no C compiler, an op inductor cannot lower, ...: the run trains eager
                 parts.task.bind(nets[False], parts.task.runtime)
                 first = (str(exc).strip().splitlines() or [""])[0][:200]
                 why_not = {"tried_at": stages[i].image_size, "error": f"{type(exc).__name__}: {first}"}
-                step_s[i] = _time_steps(step, batches, warm=warm, timed=timed, device=runtime.device)
+                step_s[i] = share(
+                    _time_steps(step, batches, warm=warm, timed=timed, device=runtime.device, agree=share)
+                )
                 continue
             step_s[i] = pair[False]
             if k > 0 or pair[True] * AUTO_COMPILE_MIN_SPEEDUP <= pair[False]:
@@ -406,15 +430,15 @@ def plan_budget(
                     "compiled_step_s": round(pair[True], 5),
                 }
         else:
-            step_s[i] = _time_steps(step, batches, warm=warm, timed=timed, device=runtime.device)
-    one_eval = _eval_seconds(parts.model, bundle.val, runtime, info, recipe.eval_batch_size, recipe.num_workers)
+            step_s[i] = share(_time_steps(step, batches, warm=warm, timed=timed, device=runtime.device, agree=share))
+    one_eval = share(_eval_seconds(parts.model, bundle.val, runtime, info, recipe.eval_batch_size, recipe.num_workers))
     # a stage below the eval size is also evaluated at its own size (top1_stage): scaled by pixels
     eval_s = [
         one_eval * (1 + (sp.image_size / info.eval_size) ** 2 if sp.image_size != info.eval_size else 1)
         for sp in stages
     ]
     min_steps = max(1, warmup_steps(steps_per_epoch, recipe) + 1)
-    measured_in_s = time.perf_counter() - t_start  # counts against the budget
+    measured_in_s = share(time.perf_counter() - t_start)  # counts against the budget
     left_s = max(budget_s - measured_in_s, 0.0)
 
     def plan_for(times: list[float], evals: list[float] | None = None) -> int:
@@ -460,14 +484,19 @@ def plan_budget(
             )
             fallback_s = step_s[-1]
             if replace(fallback, index=0, n_stages=1) != replace(stages[-1], index=0, n_stages=1):
-                # another regularization than the last stage's ("first": without the last stage's RandAugment,
-                # 5-20% faster on the 2-core Zen 3): the one stage is timed as it will train, compiled if the
-                # run compiles, and the plan spends the budget left after this measuring too
+                # another regularization than the last stage's ("first" in the demo: no RandAugment, 7-11% more
+                # images a second on the 2-core Zen 3, benchmarks/RESULTS.md): the one stage is timed as it will
+                # train, compiled if the run compiles (a changed dropout rate may recompile: counted, like all
+                # the measuring), and the plan is for the budget left after it
                 progressive["last_stage_step_s"] = round(step_s[-1], 5)
                 if compiled["used"]:
                     parts.task.bind(nets[True], parts.task.runtime)
-                fallback_s = _time_steps(step, stage_batches(fallback), warm=warm, timed=timed, device=runtime.device)
-                measured_in_s = time.perf_counter() - t_start
+                fallback_s = share(
+                    _time_steps(
+                        step, stage_batches(fallback), warm=warm, timed=timed, device=runtime.device, agree=share
+                    )
+                )
+                measured_in_s = share(time.perf_counter() - t_start)
                 left_s = max(budget_s - measured_in_s, 0.0)
             step_s, eval_s, sizes = [fallback_s], eval_s[-1:], sizes[-1:]
             steps = plan_for(step_s, eval_s)
@@ -491,3 +520,31 @@ def plan_budget(
         "compile": compiled,
         "progressive": progressive,
     }
+
+
+# what a recorded plan must hold for a run to train it (plan_budget's return value)
+_PLAN_KEYS = ("budget_s", "steps", "epochs", "steps_per_epoch", "step_s", "stage_sizes", "planned_s", "eval_s")
+_PLAN_KEYS += ("measured_in_s", "compile", "progressive")
+
+
+def recorded_plan(run_dir: str, *, steps_per_epoch: int) -> dict[str, Any]:
+    """The time-budget plan recorded in ``run_dir``'s config.json, for a new run that trains it instead of
+    measuring its own (``--plan-from``): a copy with ``from`` set. Refused in one line naming the file when
+    the folder is not a run, the run had no budget, or its steps per epoch differ from this run's (other
+    data, batch size or process count: the plan's steps would be other epochs)."""
+    folder = Path(run_dir)
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"--plan-from {run_dir}: no config.json there (not an effv2 run folder)")
+    cfg = read_config(folder)
+    plan, path = cfg.get("plan"), folder / "config.json"
+    if not isinstance(plan, dict) or not plan:
+        raise UsageError(f'{path}: that run was not trained to a time budget (no "plan"); --plan-from needs one')
+    missing = [k for k in _PLAN_KEYS if k not in plan]
+    if missing:
+        raise UsageError(f"{path}: its plan lacks {', '.join(missing)} (an older or edited config.json)")
+    if plan["steps_per_epoch"] != steps_per_epoch:
+        raise UsageError(
+            f"{path}: its plan has {plan['steps_per_epoch']} steps an epoch, this run {steps_per_epoch} "
+            "(other data, batch size or process count): its steps would be other epochs"
+        )
+    return {**plan, "from": str(folder)}
