@@ -531,7 +531,8 @@ def recorded_plan(run_dir: str, *, steps_per_epoch: int) -> dict[str, Any]:
     """The time-budget plan recorded in ``run_dir``'s config.json, for a new run that trains it instead of
     measuring its own (``--plan-from``): a copy with ``from`` set. Refused in one line naming the file when
     the folder is not a run, the run had no budget, or its steps per epoch differ from this run's (other
-    data, batch size or process count: the plan's steps would be other epochs)."""
+    data or global batch size: the plan's steps would be other epochs; the same global batch over another
+    process count is not told apart)."""
     folder = Path(run_dir)
     if not (folder / "config.json").is_file():
         raise UsageError(f"--plan-from {run_dir}: no config.json there (not an effv2 run folder)")
@@ -545,6 +546,6 @@ def recorded_plan(run_dir: str, *, steps_per_epoch: int) -> dict[str, Any]:
     if plan["steps_per_epoch"] != steps_per_epoch:
         raise UsageError(
             f"{path}: its plan has {plan['steps_per_epoch']} steps an epoch, this run {steps_per_epoch} "
-            "(other data, batch size or process count): its steps would be other epochs"
+            "(other data or global batch size): its steps would be other epochs"
         )
     return {**plan, "from": str(folder)}
