@@ -4,6 +4,7 @@ its plan, follows it on --resume and resumes bit for bit after a kill."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -117,11 +118,13 @@ def test_a_budgeted_run_records_its_plan_and_resumes_bitwise(tmp_path):
     resumed = run_cli("train", "--resume", str(part), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((part / "config.json").read_text())["plan"] == plan  # the recorded plan, not a new one
-    # the same plan uninterrupted (--plan-from: not measured again): bit for bit the same weights
-    ref = run_cli(*train_args(tmp_path / "ref", "--plan-from", str(part)))
+    # the same plan uninterrupted (--plan-from: not measured again): bit for bit the same weights; its own
+    # time_budget_s does not matter, the source run's hard stop is copied
+    other_stop = [*SETS[:-1], "time_budget_s=7200"]
+    ref = run_cli(*train_args(tmp_path / "ref", "--plan-from", str(part), sets=other_stop))
     assert ref.returncode == 0, ref.stderr[-2000:]
     twin = json.loads((tmp_path / "ref" / "config.json").read_text())
-    assert twin["plan"] == {**plan, "from": str(part.resolve())}
+    assert twin["plan"] == {**plan, "from": str(part.resolve()), "hard_stop_s": cfg["recipe"]["time_budget_s"]}
     # the same recipe, but for the budget it did not plan from (time_budget: the source run's, here null)
     assert {**twin["recipe"], "time_budget": "3s"} == cfg["recipe"] and twin["recipe"]["time_budget"] is None
     assert twin["layers"]["plan"]["set"] == cfg["layers"]["plan"]["set"]
@@ -479,14 +482,18 @@ def test_a_short_budget_trains_the_fixed_size_schedule(tmp_path, min_epochs, reg
 def test_the_fallback_is_planned_from_its_own_step(tmp_path, monkeypatch, regularization):
     """A fallback with another regularization than the last stage's (first: no RandAugment where the last
     stage has it) trains faster per step: the planner times that stage too and plans from it, recording
-    the last stage's step beside it; with the last stage's regularization nothing more is timed."""
+    the last stage's step beside it; with the last stage's regularization nothing more is timed. Every
+    step is timed under the run's --deterministic setting."""
     import effv2.training.budget as budget
 
     times = iter([0.01, 0.02, 0.04])  # 16 px, 24 px, then the fallback stage (if timed)
     calls: list[tuple[int, float]] = []
 
+    modes: list[bool] = []
+
     def fake_time_steps(step, batches, **kw):  # the image size of the batches it is given, and a time
         calls.append((next(iter(next(batches).values())).x.shape[-1], next(times)))
+        modes.append(torch.are_deterministic_algorithms_enabled())
         return calls[-1][1]
 
     monkeypatch.setattr(budget, "_time_steps", fake_time_steps)
@@ -498,6 +505,8 @@ def test_the_fallback_is_planned_from_its_own_step(tmp_path, monkeypatch, regula
         "progressive.randaug_max=2",
     )
     plan = cfg["plan"]
+    # timed in the mode the run trains in (SETS: deterministic=true), which ends with the run
+    assert modes and all(modes) and not torch.are_deterministic_algorithms_enabled()
     if regularization == "first":
         assert calls == [(16, 0.01), (24, 0.02), (24, 0.04)] and plan["step_s"] == [0.04]
         assert plan["progressive"]["last_stage_step_s"] == 0.02
@@ -535,12 +544,51 @@ def test_plan_from_refuses_what_it_cannot_train(tmp_path, capsys):
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
     plan = {k: 1 for k in ("budget_s", "steps", "epochs", "step_s", "stage_sizes", "planned_s", "eval_s")}
-    plan |= {"measured_in_s": 1, "compile": {"used": False}, "progressive": {}, "steps_per_epoch": 999}
+    plan |= {"measured_in_s": 1, "compile": {"used": False}, "progressive": {}}
     (done / "config.json").write_text(json.dumps({**recorded, "plan": plan}))
     assert main(pico_train_args(data, tmp_path / "new2", SETS, "--plan-from", str(done))) == 2
     err = capsys.readouterr().err
-    assert f"{done / 'config.json'}: its plan has 999 steps an epoch" in err, err
-    both = pico_train_args(data, tmp_path / "new3", SETS, "--plan-from", str(done), "--time-budget", "1m")
+    assert f"{done / 'config.json'}: its plan lacks steps_per_epoch" in err and len(err.strip().splitlines()) == 1
+    (done / "config.json").write_text(json.dumps({**recorded, "plan": {**plan, "steps_per_epoch": 999}}))
+    assert main(pico_train_args(data, tmp_path / "new3", SETS, "--plan-from", str(done))) == 2
+    err = capsys.readouterr().err
+    assert f"{done / 'config.json'}: its plan was made for steps an epoch 999, this run has " in err, err
+    both = pico_train_args(data, tmp_path / "new4", SETS, "--plan-from", str(done), "--time-budget", "1m")
     assert main(both) == 2 and "give it or --time-budget, not both" in capsys.readouterr().err
+    viaset = pico_train_args(data, tmp_path / "new5", [*SETS, "time_budget=1m"], "--plan-from", str(done))
+    assert main(viaset) == 2 and "time_budget=1m would plan another: drop it" in capsys.readouterr().err
     assert main(["train", "--resume", str(done), "--plan-from", str(done)]) == 2
     assert "--plan-from cannot change it" in capsys.readouterr().err
+
+
+def test_recorded_plan_refuses_other_batches_other_data_and_a_run_without_a_hard_stop(tmp_path):
+    """The checks --plan-from makes once the data is loaded: the plan's steps must mean the same batches
+    (global batch size, process count, training set) and the source run must have a hard stop to copy."""
+    from effv2.errors import UsageError
+    from effv2.training.budget import _PLAN_KEYS, recorded_plan
+
+    plan = {k: 1 for k in _PLAN_KEYS} | {"steps_per_epoch": 10}
+    fp = {"classes": ["a", "b"], "train": 320, "val": 40, "test": None, "train_sha256": "ab12"}
+    cfg = {
+        "model": "efficientnetv2_pico",
+        "data": "fashion-mnist",
+        "world_size": 1,
+        "data_fingerprint": fp,
+        "plan": plan,
+    }
+    cfg["recipe"] = {"batch_size": 32, "time_budget_s": 590.5}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ours = dict(steps_per_epoch=10, batch_size=32, world_size=1, fingerprint=fp)
+    assert recorded_plan(str(tmp_path), **ours) == {**plan, "from": str(tmp_path), "hard_stop_s": 590.5}
+    wrong = {
+        "steps_per_epoch": (5, "made for steps an epoch 10, this run has 5"),
+        "batch_size": (16, "made for batch_size 32, this run has 16"),
+        "world_size": (2, "made for processes 1, this run has 2"),
+        "fingerprint": ({**fp, "train_sha256": "cd34"}, "other training data (data_fingerprint differs: train_sha256)"),
+    }
+    for key, (value, words) in wrong.items():
+        with pytest.raises(UsageError, match=re.escape(words)):
+            recorded_plan(str(tmp_path), **{**ours, key: value})
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "recipe": {"batch_size": 32, "time_budget_s": 0}}))
+    with pytest.raises(UsageError, match="its recipe has no time_budget_s"):
+        recorded_plan(str(tmp_path), **ours)

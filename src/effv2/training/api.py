@@ -28,7 +28,14 @@ from ..runtime import compile_cache, resolve_runtime
 from ..runtime import deterministic as deterministic_mode
 from ..runtime.distributed import barrier, cleanup, gather_objects
 from ..runtime.malloc import keep_freed_memory
-from .budget import compile_candidate, fallback_progressive, fallback_words, plan_budget, recorded_plan
+from .budget import (
+    compile_candidate,
+    fallback_progressive,
+    fallback_words,
+    plan_budget,
+    plan_source,
+    recorded_plan,
+)
 from .build import adapt_and_load, build_model, build_parts, channel_stats, init_overrides, seed_everything
 from .callbacks import Callback
 from .logging_sinks import logging_callbacks, parse_log
@@ -211,6 +218,14 @@ def _train(
         bundle = data if isinstance(data, DataBundle) else None
         sinks = given_log if given_log is not None else parse_log(None)
     callbacks = [*logging_callbacks(sinks), *callbacks]  # a missing tensorboard package: an error before any work
+    if plan_from is not None and not resume:  # a wrong folder: one line before the data loads
+        if rec.time_budget is not None:
+            raise UsageError(
+                f"--plan-from trains the plan of {plan_from}; the recipe's time_budget={rec.time_budget} would "
+                "plan another: drop it"
+            )
+        if int(os.environ.get("RANK", "0")) == 0:
+            plan_source(absolute(str(plan_from)))
     if bundle is None:
         bundle = load_source(
             source, data_dir=data_dir, download=download, val_fraction=rec.val_fraction, split_seed=rec.seed
@@ -242,9 +257,8 @@ def _train(
         try_compile, why = compile_candidate(
             rec.compile, device_type=runtime.device.type, amp=runtime.amp, budget_s=budget_s
         )
-        if plan_from is not None and not resume:  # another run's plan: its budget, not the recipe's time_budget
-            spe = count_steps(len(bundle.train), rec.batch_size // dist.world_size, dist.world_size)
-            plan = recorded_plan(absolute(str(plan_from)), steps_per_epoch=spe)
+        if plan_from is not None and not resume:  # another run's plan: its budget and hard stop
+            plan = _shared_recorded_plan(absolute(str(plan_from)), rec, bundle, dist)
             budget_s, try_compile = plan["budget_s"], False
             if dist.is_main and not quiet:
                 print(f"plan: the one recorded in {plan['from']} (not measured here)", flush=True)
@@ -252,9 +266,10 @@ def _train(
             if dist.is_main and not quiet:
                 tried = " (eager and compiled: " + why + ")" if try_compile else ""
                 print(f"measuring step times for a {rec.time_budget} budget{tried} ...", flush=True)
-            # every rank measures (the steps are collective under DDP); rank 0's plan is the plan
-            plan = gather_objects(
-                plan_budget(
+            # every rank measures (the steps are collective under DDP); rank 0's plan is the plan. Measured
+            # in the mode the run trains in (deterministic: no cuDNN autotuning, deterministic kernels)
+            with deterministic_mode(rec.deterministic):
+                measured = plan_budget(
                     rec,
                     model,
                     bundle,
@@ -262,12 +277,11 @@ def _train(
                     run_info(rec, model, bundle, start),
                     budget_s=budget_s,
                     try_compile=try_compile,
-                ),
-                dist,
-            )[0]
+                )
+            plan = gather_objects(measured, dist)[0]
         if plan is not None:
             # the measuring (and compiling) was spent out of the budget: the hard stop moves by as much
-            stop_s = max((rec.time_budget_s or budget_s) - plan["measured_in_s"], 1.0)
+            stop_s = plan.get("hard_stop_s") or max((rec.time_budget_s or budget_s) - plan["measured_in_s"], 1.0)
             fixed = plan["progressive"].get("used") is False  # too few epochs for progressive learning
             rec = replace(
                 rec,
@@ -296,7 +310,10 @@ def _train(
                     f"plan: {plan['steps']} steps ({plan['steps'] / plan['steps_per_epoch']:.2f} epochs), "
                     f"{plan['planned_s']:.0f}s of {budget_s:.0f}s (step "
                     + ", ".join(f"{1e3 * t:.0f} ms at {sz}px" for t, sz in zip(plan["step_s"], plan["stage_sizes"]))
-                    + f"; evaluation {plan['eval_s']:.1f}s; measured in {plan['measured_in_s']:.0f}s)",
+                    + f"; evaluation {plan['eval_s']:.1f}s; "
+                    + (
+                        "as that run measured them)" if "from" in plan else f"measured in {plan['measured_in_s']:.0f}s)"
+                    ),
                     flush=True,
                 )
                 if fixed:
@@ -308,7 +325,9 @@ def _train(
                         flush=True,
                     )
                 c = plan["compile"]
-                if "compiled_steps" in c:
+                if "from" in plan:
+                    print(f"compile: {'on' if c['used'] else 'off'} (as that run decided)", flush=True)
+                elif "compiled_steps" in c:
                     print(
                         f"compile: {'on' if c['used'] else 'off'} (a step eager "
                         + ", ".join(f"{1e3 * t:.0f}" for t in c["eager_step_s"])
@@ -367,6 +386,27 @@ def _train(
             return trainer.fit()
     finally:
         cleanup(dist)
+
+
+def _shared_recorded_plan(folder: str, rec: Recipe, bundle: DataBundle, dist) -> dict[str, Any]:
+    """``--plan-from``: rank 0 reads and checks the recorded plan; every rank gets that plan or raises
+    the same one-line error (a folder missing on another node's disk never leaves a rank at a barrier)."""
+    outcome: dict[str, Any] | str | None = None
+    if dist.is_main:
+        try:
+            outcome = recorded_plan(
+                folder,
+                steps_per_epoch=count_steps(len(bundle.train), rec.batch_size // dist.world_size, dist.world_size),
+                batch_size=rec.batch_size,
+                world_size=dist.world_size,
+                fingerprint=data_fingerprint(bundle),
+            )
+        except UsageError as exc:
+            outcome = str(exc)
+    outcome = gather_objects(outcome, dist)[0]
+    if isinstance(outcome, str):
+        raise UsageError(outcome)
+    return outcome
 
 
 def _start_weights(init: str | None, pretrained: str | None) -> Pretrained | None:

@@ -527,12 +527,10 @@ _PLAN_KEYS = ("budget_s", "steps", "epochs", "steps_per_epoch", "step_s", "stage
 _PLAN_KEYS += ("measured_in_s", "compile", "progressive")
 
 
-def recorded_plan(run_dir: str, *, steps_per_epoch: int) -> dict[str, Any]:
-    """The time-budget plan recorded in ``run_dir``'s config.json, for a new run that trains it instead of
-    measuring its own (``--plan-from``): a copy with ``from`` set. Refused in one line naming the file when
-    the folder is not a run, the run had no budget, or its steps per epoch differ from this run's (other
-    data or global batch size: the plan's steps would be other epochs; the same global batch over another
-    process count is not told apart)."""
+def plan_source(run_dir: str) -> dict[str, Any]:
+    """``run_dir``'s config.json, when it holds a plan a run can train (``--plan-from``); refused in one
+    line naming the file when the folder is not a run, the run had no budget, or its plan lacks a key.
+    Cheap: called before the data loads, so a mistyped folder costs nothing."""
     folder = Path(run_dir)
     if not (folder / "config.json").is_file():
         raise UsageError(f"--plan-from {run_dir}: no config.json there (not an effv2 run folder)")
@@ -543,9 +541,38 @@ def recorded_plan(run_dir: str, *, steps_per_epoch: int) -> dict[str, Any]:
     missing = [k for k in _PLAN_KEYS if k not in plan]
     if missing:
         raise UsageError(f"{path}: its plan lacks {', '.join(missing)} (an older or edited config.json)")
-    if plan["steps_per_epoch"] != steps_per_epoch:
-        raise UsageError(
-            f"{path}: its plan has {plan['steps_per_epoch']} steps an epoch, this run {steps_per_epoch} "
-            "(other data or global batch size): its steps would be other epochs"
-        )
-    return {**plan, "from": str(folder)}
+    return cfg
+
+
+def recorded_plan(
+    run_dir: str, *, steps_per_epoch: int, batch_size: int, world_size: int, fingerprint: dict[str, Any]
+) -> dict[str, Any]:
+    """The time-budget plan recorded in ``run_dir``'s config.json, for a new run that trains it instead of
+    measuring its own (``--plan-from``): a copy with ``from`` (the folder) and ``hard_stop_s`` (the source
+    run's stop, its recipe's ``time_budget_s`` after the measuring was taken out) set. Besides
+    plan_source's refusals, refused when the steps would mean other epochs or other batches: another
+    global batch size, process count or training set (config.json's ``data_fingerprint``). The model
+    and the rest of the recipe may differ (the plan is then only the source run's step count)."""
+    cfg = plan_source(run_dir)
+    folder = Path(run_dir)
+    plan, path = cfg["plan"], folder / "config.json"
+    theirs = {
+        "steps an epoch": plan["steps_per_epoch"],
+        "batch_size": cfg.get("recipe", {}).get("batch_size", batch_size),
+        "processes": cfg.get("world_size", world_size),
+    }
+    ours = {"steps an epoch": steps_per_epoch, "batch_size": batch_size, "processes": world_size}
+    for key, value in theirs.items():
+        if value != ours[key]:
+            raise UsageError(
+                f"{path}: its plan was made for {key} {value}, this run has {ours[key]}: "
+                "its steps would be other batches"
+            )
+    recorded = cfg.get("data_fingerprint")
+    if recorded is not None and recorded != fingerprint:
+        diff = ", ".join(k for k in fingerprint if recorded.get(k) != fingerprint[k])
+        raise UsageError(f"{path}: its plan was made for other training data (data_fingerprint differs: {diff})")
+    stop = cfg.get("recipe", {}).get("time_budget_s")
+    if not isinstance(stop, (int, float)) or stop <= 0:
+        raise UsageError(f"{path}: its recipe has no time_budget_s (the hard stop of a budgeted run)")
+    return {**plan, "from": str(folder), "hard_stop_s": float(stop)}
