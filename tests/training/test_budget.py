@@ -523,9 +523,11 @@ def test_the_fallback_is_planned_from_its_own_step(tmp_path, monkeypatch, regula
     assert planned_seconds(plan["steps"] + 1, **at) > (1 - plan["margin"]) * plan["left_s"] - 0.05
 
 
-def test_plan_from_refuses_what_it_cannot_train(tmp_path, capsys):
+def test_plan_from_refuses_what_it_cannot_train(tmp_path, capsys, monkeypatch):
     """--plan-from: one line, exit 2, naming the file, for a folder that is not a run, a run without a
-    budget, a plan made for other steps an epoch; and with --time-budget or --resume."""
+    budget or a plan that lacks a key (all three before the data loads), a plan made for other steps an
+    epoch; and with --time-budget, a recipe time_budget or --resume."""
+    import effv2.training.api as api
     from effv2.cli.main import main
 
     if not run_golden.SHARED.is_dir():
@@ -539,6 +541,8 @@ def test_plan_from_refuses_what_it_cannot_train(tmp_path, capsys):
         str(tmp_path / "nothing"): "no config.json there",
         str(done): 'not trained to a time budget (no "plan")',
     }
+    load_source = api.load_source
+    monkeypatch.setattr(api, "load_source", lambda *a, **k: pytest.fail("the data loaded before the folder check"))
     for i, (folder, words) in enumerate(cases.items()):
         assert main(pico_train_args(data, tmp_path / f"new{i}", SETS, "--plan-from", folder)) == 2
         err = capsys.readouterr().err
@@ -549,6 +553,7 @@ def test_plan_from_refuses_what_it_cannot_train(tmp_path, capsys):
     assert main(pico_train_args(data, tmp_path / "new2", SETS, "--plan-from", str(done))) == 2
     err = capsys.readouterr().err
     assert f"{done / 'config.json'}: its plan lacks steps_per_epoch" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(api, "load_source", load_source)
     (done / "config.json").write_text(json.dumps({**recorded, "plan": {**plan, "steps_per_epoch": 999}}))
     assert main(pico_train_args(data, tmp_path / "new3", SETS, "--plan-from", str(done))) == 2
     err = capsys.readouterr().err
@@ -584,11 +589,50 @@ def test_recorded_plan_refuses_other_batches_other_data_and_a_run_without_a_hard
         "steps_per_epoch": (5, "made for steps an epoch 10, this run has 5"),
         "batch_size": (16, "made for batch_size 32, this run has 16"),
         "world_size": (2, "made for processes 1, this run has 2"),
-        "fingerprint": ({**fp, "train_sha256": "cd34"}, "other training data (data_fingerprint differs: train_sha256)"),
+        "fingerprint": (
+            {**fp, "train_sha256": "cd34"},
+            "another training split (data_fingerprint differs: train_sha256;",
+        ),
     }
     for key, (value, words) in wrong.items():
         with pytest.raises(UsageError, match=re.escape(words)):
             recorded_plan(str(tmp_path), **{**ours, key: value})
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "data_fingerprint": "edited"}))
+    with pytest.raises(UsageError, match=re.escape("differs: classes, train, val, train_sha256;")):
+        recorded_plan(str(tmp_path), **ours)
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "recipe": {"batch_size": 32, "time_budget_s": 0}}))
     with pytest.raises(UsageError, match="its recipe has no time_budget_s"):
         recorded_plan(str(tmp_path), **ours)
+
+
+def test_every_process_warms_up_for_as_many_steps_as_rank_0(monkeypatch):
+    """Under DDP a step is collective: _time_steps follows rank 0's "warm up more" decisions (agree), so a
+    process whose own timings settle later still takes exactly as many steps. Two processes simulated in
+    turn with fake clocks: rank 0's steps settle at once, rank 1's keep jumping."""
+    import effv2.training.budget as budget
+
+    def run(durations, agree):
+        clock, steps = [0.0], []
+
+        def step(batch, i):
+            steps.append(i)
+            clock[0] += durations[min(len(steps) - 1, len(durations) - 1)]
+
+        monkeypatch.setattr(budget.time, "perf_counter", lambda: clock[0])
+        median = budget._time_steps(step, iter(range(100)), warm=2, timed=3, device=torch.device("cpu"), agree=agree)
+        return len(steps), median
+
+    decisions: list[bool] = []
+
+    def record(flag):  # rank 0: its own decision, shared
+        decisions.append(flag)
+        return flag
+
+    replay = iter(decisions)
+    steady = [0.1] * 20
+    jumpy = [0.1, 0.3, 0.1, 0.3, 0.1, 0.3, 0.1, 0.3] + [0.2] * 12
+    n0, m0 = run(steady, record)
+    n1, _ = run(jumpy, lambda flag: next(replay))  # rank 1 follows rank 0
+    assert n0 == n1 == 2 + 3 and m0 == pytest.approx(0.1) and decisions == [True, False]
+    alone, _ = run(jumpy, budget._same)  # its own decisions would have taken more collective steps
+    assert alone == 10 + 3

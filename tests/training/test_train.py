@@ -205,33 +205,7 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_fmnist):
     0's measurements and follows its warm-up decisions (a step is collective: ranks that warmed up for
     different numbers of steps would wait on each other for ever), one writer, the global batch split."""
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29531",
-        "-m",
-        "effv2",
-        "train",
-        "--model",
-        "efficientnetv2_pico",
-        "--data",
-        "fashion-mnist",
-        "--data-dir",
-        str(tiny_fmnist),
-        "--out",
-        str(out),
-        "--quiet",
-        "--time-budget",
-        "4s",
-    ]
-    for s in [*FAST, "progressive.min_epochs=1000", "progressive.fallback_regularization=first"]:
-        cmd += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = _torchrun_budgeted(tiny_fmnist, out, "--time-budget", "4s")
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["world_size"] == 2
@@ -244,6 +218,35 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_fmnist):
     assert steps and steps == sorted(set(steps))  # one writer (rank 0): no row twice
     assert 0 < epochs[-1]["step"] <= plan["steps"]
     assert epochs[-1]["images_seen"] == epochs[-1]["step"] * 32  # the global batch of 32 split over 2 ranks
+
+
+def _torchrun_budgeted(data: Path, out: Path, *extra: str, sets=()) -> subprocess.CompletedProcess:
+    """`effv2 train` of the pico model in two CPU processes under torchrun, planned from a budget or
+    another run (``extra``), with the fixed-size fallback and the first stage's regularization."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    cmd += ["-m", "effv2", "train", "--model", "efficientnetv2_pico", "--data", "fashion-mnist"]
+    cmd += ["--data-dir", str(data), "--out", str(out), "--quiet", *extra]
+    for s in [*FAST, "progressive.min_epochs=1000", "progressive.fallback_regularization=first", *sets]:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow  # ~25 s on the 2-core Zen 4: three 2-process torchrun runs; `pytest -m slow`
+def test_plan_from_under_torchrun(tmp_path, tiny_fmnist):
+    """--plan-from under torchrun: rank 0 reads the source run and every rank trains its plan, or every
+    rank stops with rank 0's one-line error (a refusal never leaves a rank waiting at a collective)."""
+    src, twin = tmp_path / "src", tmp_path / "twin"
+    proc = _torchrun_budgeted(tiny_fmnist, src, "--time-budget", "3s")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = json.loads((src / "config.json").read_text())["plan"]
+    proc = _torchrun_budgeted(tiny_fmnist, twin, "--plan-from", str(src))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads((twin / "config.json").read_text())
+    assert cfg["plan"] == {**plan, "from": str(src), "hard_stop_s": cfg["recipe"]["time_budget_s"]}
+    assert cfg["recipe"]["max_steps"] == plan["steps"] and cfg["world_size"] == 2
+    proc = _torchrun_budgeted(tiny_fmnist, tmp_path / "no", "--plan-from", str(src), sets=["batch_size=64"])
+    assert proc.returncode != 0 and proc.stderr.count("its plan was made for batch_size 32, this run has 64") == 2
 
 
 def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_fmnist, capsys):

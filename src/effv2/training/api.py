@@ -224,7 +224,7 @@ def _train(
                 f"--plan-from trains the plan of {plan_from}; the recipe's time_budget={rec.time_budget} would "
                 "plan another: drop it"
             )
-        if int(os.environ.get("RANK", "0")) == 0:
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # under torchrun: checked once, shared (below)
             plan_source(absolute(str(plan_from)))
     if bundle is None:
         bundle = load_source(
@@ -312,7 +312,9 @@ def _train(
                     + ", ".join(f"{1e3 * t:.0f} ms at {sz}px" for t, sz in zip(plan["step_s"], plan["stage_sizes"]))
                     + f"; evaluation {plan['eval_s']:.1f}s; "
                     + (
-                        "as that run measured them)" if "from" in plan else f"measured in {plan['measured_in_s']:.0f}s)"
+                        f"as that run measured them; its hard stop {stop_s:.0f}s)"
+                        if "from" in plan
+                        else f"measured in {plan['measured_in_s']:.0f}s)"
                     ),
                     flush=True,
                 )
@@ -403,6 +405,8 @@ def _shared_recorded_plan(folder: str, rec: Recipe, bundle: DataBundle, dist) ->
             )
         except UsageError as exc:
             outcome = str(exc)
+        except Exception as exc:  # a hand-edited config.json: still one line, and no rank left waiting
+            outcome = f"{Path(folder) / 'config.json'}: not a plan --plan-from can read ({type(exc).__name__}: {exc})"
     outcome = gather_objects(outcome, dist)[0]
     if isinstance(outcome, str):
         raise UsageError(outcome)

@@ -556,23 +556,31 @@ def recorded_plan(
     cfg = plan_source(run_dir)
     folder = Path(run_dir)
     plan, path = cfg["plan"], folder / "config.json"
+    recipe = cfg.get("recipe") if isinstance(cfg.get("recipe"), dict) else {}
     theirs = {
-        "steps an epoch": plan["steps_per_epoch"],
-        "batch_size": cfg.get("recipe", {}).get("batch_size", batch_size),
+        "batch_size": recipe.get("batch_size", batch_size),
         "processes": cfg.get("world_size", world_size),
+        "steps an epoch": plan["steps_per_epoch"],
     }
-    ours = {"steps an epoch": steps_per_epoch, "batch_size": batch_size, "processes": world_size}
+    ours = {"batch_size": batch_size, "processes": world_size, "steps an epoch": steps_per_epoch}
     for key, value in theirs.items():
         if value != ours[key]:
-            raise UsageError(
-                f"{path}: its plan was made for {key} {value}, this run has {ours[key]}: "
-                "its steps would be other batches"
+            why = (
+                "each process's BatchNorm statistics and random streams would differ"
+                if key == "processes"
+                else "its steps would be other batches"
             )
+            raise UsageError(f"{path}: its plan was made for {key} {value}, this run has {ours[key]}: {why}")
     recorded = cfg.get("data_fingerprint")
-    if recorded is not None and recorded != fingerprint:
-        diff = ", ".join(k for k in fingerprint if recorded.get(k) != fingerprint[k])
-        raise UsageError(f"{path}: its plan was made for other training data (data_fingerprint differs: {diff})")
-    stop = cfg.get("recipe", {}).get("time_budget_s")
+    if recorded is not None:
+        was = recorded if isinstance(recorded, dict) else {}
+        diff = [k for k in ("classes", "train", "val", "test", "train_sha256") if was.get(k) != fingerprint.get(k)]
+        if diff:
+            raise UsageError(
+                f"{path}: its plan was made for another training split (data_fingerprint differs: "
+                f"{', '.join(diff)}; the data, seed and val_fraction must be the same)"
+            )
+    stop = recipe.get("time_budget_s")
     if not isinstance(stop, (int, float)) or stop <= 0:
         raise UsageError(f"{path}: its recipe has no time_budget_s (the hard stop of a budgeted run)")
     return {**plan, "from": str(folder), "hard_stop_s": float(stop)}
