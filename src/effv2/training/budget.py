@@ -50,7 +50,7 @@ from ..runtime import Runtime, synchronize
 from ..runtime.distributed import gather_objects
 from .evaluate import evaluate
 from .lr import warmup_steps
-from .run_folder import read_config
+from .run_folder import fingerprint_changes, read_config
 from .schedule import all_stages, stage_bounds
 
 # plan for 90% of the budget: on a shared 2-core VM the same step measured 154-201 ms minutes apart
@@ -411,7 +411,7 @@ def plan_budget(
                     max_rounds=AUTO_COMPILE_MAX_ROUNDS if k == 0 else 3,
                     agree=share,
                 )
-                pair = {c: share(t) for c, t in pair.items()}
+                pair = share(pair)
             except Exception as exc:  # no C compiler, an op inductor cannot lower, ...: the run trains eager
                 parts.task.bind(nets[False], parts.task.runtime)
                 first = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -573,8 +573,7 @@ def recorded_plan(
             raise UsageError(f"{path}: its plan was made for {key} {value}, this run has {ours[key]}: {why}")
     recorded = cfg.get("data_fingerprint")
     if recorded is not None:
-        was = recorded if isinstance(recorded, dict) else {}
-        diff = [k for k in ("classes", "train", "val", "test", "train_sha256") if was.get(k) != fingerprint.get(k)]
+        diff = fingerprint_changes(recorded, fingerprint)
         if diff:
             raise UsageError(
                 f"{path}: its plan was made for another training split (data_fingerprint differs: "

@@ -130,6 +130,13 @@ def read_config(out: Path) -> dict[str, Any]:
     return cfg
 
 
+def fingerprint_changes(was: Any, now: dict[str, Any]) -> list[str]:
+    """The data_fingerprint keys whose recorded value (``was``, from a config.json: anything that is not a
+    dict counts as all changed) differs from ``now``'s."""
+    was = was if isinstance(was, dict) else {}
+    return [k for k in ("classes", "train", "val", "test", "train_sha256") if was.get(k) != now.get(k)]
+
+
 def check_resume(out: Path, cfg: dict[str, Any], bundle: Any) -> None:
     """Refuse to resume onto other software or other data, naming what changed."""
     changes = []
@@ -139,11 +146,9 @@ def check_resume(out: Path, cfg: dict[str, Any], bundle: Any) -> None:
             changes.append(f"{key} {was} -> {now}")
     was_fp = cfg.get("data_fingerprint")
     if was_fp is not None:
-        now_fp = data_fingerprint(bundle)
-        if was_fp.get("classes") != now_fp["classes"]:
-            changes.append(f"class names {was_fp.get('classes')} -> {now_fp['classes']}")
-        for k in ("train", "val", "test", "train_sha256"):
-            if was_fp.get(k) != now_fp[k]:
-                changes.append(f"data {k} {was_fp.get(k)} -> {now_fp[k]}")
+        now_fp, was = data_fingerprint(bundle), was_fp if isinstance(was_fp, dict) else {}
+        for k in fingerprint_changes(was, now_fp):
+            what = "class names" if k == "classes" else f"data {k}"
+            changes.append(f"{what} {was.get(k)} -> {now_fp[k]}")
     if changes:
         raise UsageError(f"--resume {out}: the run cannot continue exactly: " + "; ".join(changes[:4]))
