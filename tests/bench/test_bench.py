@@ -268,3 +268,20 @@ def test_cli_errors_one_line(argv: list[str], message: str, capsys: pytest.Captu
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_bench_times_replicas_beside_one_and_says_why() -> None:
+    """Train mode with replicas > 1: an "effv2 1 replica" variant is timed beside, and the source of the
+    setting says whether the flag or the auto rule chose it; infer mode refuses --replicas."""
+    cfg = dict(model="efficientnetv2_pico", image_size=32, batch_size=32, steps=1, warmup=0, mode="train", amp="none")
+    r = run_bench(BenchConfig(replicas=2, **cfg))
+    assert [x["variant"] for x in r["results"]] == ["effv2", "effv2 1 replica"]
+    assert r["effv2_settings"]["replicas"] == 2 and r["settings_source"]["replicas"] == "flag"
+    assert "replicas=2" in r["results"][0]["settings"] and "replicas" not in r["results"][1]["settings"]
+    assert set(r["ratios"]) == {"effv2 / effv2 1 replica"}
+    one = run_bench(BenchConfig(replicas=1, **cfg))
+    assert [x["variant"] for x in one["results"]] == ["effv2"] and one["effv2_settings"]["replicas"] == 1
+    auto = run_bench(BenchConfig(**{**cfg, "batch_size": 8}))  # under 32 images: one replica, and why
+    assert auto["effv2_settings"]["replicas"] == 1 and auto["settings_source"]["replicas"].startswith("auto: one")
+    with pytest.raises(UsageError, match="--replicas applies to --mode train"):
+        BenchConfig(replicas=2, **{**cfg, "mode": "infer"})

@@ -130,7 +130,14 @@ def test_resolve_runtime_fields():
     rt = resolve_runtime("auto", amp="none", channels_last=False)
     assert rt == Runtime(device=torch.device("cpu"), amp="none", channels_last=False, compile=False, dist=Dist())
     assert rt.amp_dtype is None and rt.dist.enabled is False and rt.dist.is_main is True
-    assert rt.describe() == {"device": "cpu", "amp": "none", "channels_last": False, "compile": False, "world_size": 1}
+    assert rt.describe() == {
+        "device": "cpu",
+        "amp": "none",
+        "channels_last": False,
+        "compile": False,
+        "replicas": 1,
+        "world_size": 1,
+    }
     rt = resolve_runtime("cpu", amp="bf16", channels_last=True, compile=True)
     assert (rt.amp, rt.amp_dtype, rt.channels_last, rt.compile) == ("bf16", torch.bfloat16, True, True)
     x = torch.zeros(2, 3, 4, 4)

@@ -16,6 +16,7 @@ from effv2.cli.main import main
 from effv2.errors import UsageError
 from effv2.models import create_model
 from effv2.models.spec import ArchSpec
+from effv2.runtime.replicas import resolve_replicas
 from effv2.search import SearchConfig, TaskInfo, get_space, parse_budget, reward, run_search, synthetic_top1
 from effv2.search.driver import open_results
 from effv2.search.results import pareto_front, records
@@ -290,7 +291,18 @@ def test_proxy_step_time_is_timed_as_the_trainer_runs(monkeypatch) -> None:
     assert seen["amp"] == amp and seen["channels_last"] is True and seen["recipe"].optimizer == "adamw"
     assert seen["recipe"].task == "classify"  # the step timed is the recipe's task's real step
     assert seen["image_size"] == 12 and seen["in_chans"] == 1 and seen["batch_size"] == ev.batch()
-    assert ev.describe()["execution"] == {"amp": amp, "channels_last": True, "optimizer": "adamw", "task": "classify"}
+    # timed with the replicas a proxy run trains (runtime/replicas.py), so S is the trained step
+    n = resolve_replicas(
+        "auto", device=torch.device("cpu"), amp=amp, batch_size=ev.batch(), compile=False, world_size=1
+    )
+    assert seen["replicas"] == n[0]
+    assert ev.describe()["execution"] == {
+        "amp": amp,
+        "channels_last": True,
+        "replicas": n[0],
+        "optimizer": "adamw",
+        "task": "classify",
+    }
 
 
 def test_table_shows_each_architecture_once_with_how_often_it_was_proposed() -> None:

@@ -124,7 +124,12 @@ def test_a_budgeted_run_records_its_plan_and_resumes_bitwise(tmp_path):
     ref = run_cli(*train_args(tmp_path / "ref", "--plan-from", str(part), sets=other_stop))
     assert ref.returncode == 0, ref.stderr[-2000:]
     twin = json.loads((tmp_path / "ref" / "config.json").read_text())
-    assert twin["plan"] == {**plan, "from": str(part.resolve()), "hard_stop_s": cfg["recipe"]["time_budget_s"]}
+    assert twin["plan"] == {
+        **plan,
+        "from": str(part.resolve()),
+        "hard_stop_s": cfg["recipe"]["time_budget_s"],
+        "replicas": cfg["recipe"]["replicas"],  # the source's replicas count, trained again (recipe below)
+    }
     # the same recipe, but for the budget it did not plan from (time_budget: the source run's, here null)
     assert {**twin["recipe"], "time_budget": "3s"} == cfg["recipe"] and twin["recipe"]["time_budget"] is None
     assert twin["layers"]["plan"]["set"] == cfg["layers"]["plan"]["set"]
@@ -135,6 +140,9 @@ def test_a_budgeted_run_records_its_plan_and_resumes_bitwise(tmp_path):
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    other = 1 if cfg["recipe"]["replicas"] != 1 else 2  # another count asked for: another step, refused
+    asked = run_cli(*train_args(tmp_path / "other", "--plan-from", str(part), sets=[*SETS, f"replicas={other}"]))
+    assert asked.returncode == 2 and f"trained {cfg['recipe']['replicas']} replica(s)" in asked.stderr
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
@@ -584,7 +592,8 @@ def test_recorded_plan_refuses_other_batches_other_data_and_a_run_without_a_hard
     cfg["recipe"] = {"batch_size": 32, "time_budget_s": 590.5}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     ours = dict(steps_per_epoch=10, batch_size=32, world_size=1, fingerprint=fp)
-    assert recorded_plan(str(tmp_path), **ours) == {**plan, "from": str(tmp_path), "hard_stop_s": 590.5}
+    # a run recorded without a replicas key trained one batch on all threads: replicas 1
+    assert recorded_plan(str(tmp_path), **ours) == {**plan, "from": str(tmp_path), "hard_stop_s": 590.5, "replicas": 1}
     wrong = {
         "steps_per_epoch": (5, "made for steps an epoch 10, this run has 5"),
         "batch_size": (16, "made for batch_size 32, this run has 16"),

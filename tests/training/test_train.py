@@ -87,6 +87,17 @@ def test_run_folder_has_what_a_user_expects(tmp_path, tiny_fmnist):
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == "efficientnetv2_pico" and cfg["recipe"]["epochs"] == 2
+    # replicas "auto" recorded as decided (batch 32 in fp32 on a CPU: a shard of 16 per thread, up to 2)
+    assert cfg["recipe"]["replicas"] == min(torch.get_num_threads(), 2)
+    from effv2.training.api import _resume_config
+
+    old = tmp_path / "before-replicas"  # a run recorded before the key existed resumes as it trained: 1
+    old.mkdir()
+    del cfg["recipe"]["replicas"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert _resume_config(old, None, {})[1].replicas == 1 and _resume_config(out, None, {})[1].replicas != "auto"
+    # an asked count the run cannot train: a usage error (exit 2), not a traceback
+    assert main(_train_args(tiny_fmnist, tmp_path / "r", ["replicas=2", "compile=true"])) == 2
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for key in ("epoch", "stage", "image_size", "top1", "top5", "loss", "lr", "images_seen", "wall_s"):
@@ -155,10 +166,11 @@ def _cli(*args: str, env: dict | None = None, kill_at_step: int | None = None) -
 
 
 def test_killed_and_resumed_run_is_bitwise_exact(tmp_path, tiny_fmnist):
-    """SIGKILL mid-epoch (step 5 of 8, last checkpoint at step 3), resume: same weights as uninterrupted."""
-    extra = ["deterministic=true", "checkpoint_every_steps=3"]
+    """SIGKILL mid-epoch (step 5 of 8, last checkpoint at step 3), resume: same weights as uninterrupted.
+    With 2 replicas (runtime/replicas.py): shards, per-shard dropout generators and all."""
+    extra = ["deterministic=true", "checkpoint_every_steps=3", "replicas=2"]
     rc, full = _train(tmp_path, tiny_fmnist, "full", extra)
-    assert rc == 0
+    assert rc == 0 and json.loads((full / "config.json").read_text())["recipe"]["replicas"] == 2
     part = tmp_path / "part"
     args = _train_args(tiny_fmnist, part, extra)
     killed = _cli(*args, kill_at_step=5)
@@ -253,7 +265,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_fmnist, c
     from effv2.training.tasks import TASKS, register
     from effv2.training.tasks.classify import ClassifyTask
 
-    calls = {"n": 0}
+    calls = {"n": 0}  # forward calls: one a step with replicas=1
 
     class FlakyTask(ClassifyTask):  # a test-only task: the loss goes bad on chosen steps
         def forward(self, batches, step):
@@ -267,7 +279,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, tiny_fmnist, c
 
     register("test_flaky")(FlakyTask)
     try:
-        rc, out = _train(tmp_path, tiny_fmnist, "nan", ["max_nonfinite_steps=3", "task=test_flaky"])
+        rc, out = _train(tmp_path, tiny_fmnist, "nan", ["max_nonfinite_steps=3", "task=test_flaky", "replicas=1"])
     finally:
         TASKS.pop("test_flaky")
     err = capsys.readouterr().err.strip().splitlines()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ from ..errors import UsageError
 from ..models import create_model, get_card
 from ..runtime.compile_cache import use_persistent_compile_cache
 from ..runtime.malloc import keep_freed_memory
+from ..runtime.replicas import resolve_replicas
 from .timing import Step, check_sizes, resolve_device, run_timed, summarize
 
 LIBRARIES: tuple[str, ...] = ("timm", "torchvision")
@@ -194,6 +195,7 @@ class BenchConfig:
     channels_last: bool | None = None
     compile: bool | None = None
     fold_bn: bool | None = None  # inference only: fold BN into the convs (effv2.models.fuse)
+    replicas: int | None = None  # train only: a shard of the batch per core (runtime/replicas.py); None = auto
     padding: str | None = None  # effv2 padding override: "symmetric" / "tf_same"; None = the model's own
     compare: tuple[str, ...] = ()  # libraries: "timm", "torchvision"
     device: str = "auto"  # "auto" = cuda when available, else cpu
@@ -218,6 +220,10 @@ class BenchConfig:
                 raise UsageError(f"--compare: {lib!r} is not one of {', '.join(LIBRARIES)}")
         if self.num_classes < 1:
             raise UsageError(f"num_classes: expected >= 1, got {self.num_classes}")
+        if self.replicas is not None and self.replicas < 1:
+            raise UsageError(f"--replicas: expected >= 1, got {self.replicas}")
+        if self.mode == "infer" and (self.replicas or 1) > 1:
+            raise UsageError("--replicas applies to --mode train only (inference runs one batch on every thread)")
 
 
 @dataclass(frozen=True)
@@ -228,13 +234,15 @@ class Settings:
     channels_last: bool
     compile: bool
     fold_bn: bool
+    replicas: int = 1
 
     def describe(self) -> str:
         on = [f"amp={self.amp}"] + [k for k in ("channels_last", "compile", "fold_bn") if getattr(self, k)]
+        on += [f"replicas={self.replicas}"] if self.replicas > 1 else []
         return ", ".join(on) if on != ["amp=none"] else "fp32 eager NCHW"
 
 
-PLAIN = Settings(amp="none", channels_last=False, compile=False, fold_bn=False)
+PLAIN = Settings(amp="none", channels_last=False, compile=False, fold_bn=False, replicas=1)
 
 
 def resolve_settings(cfg: BenchConfig, device: torch.device) -> tuple[Settings, dict[str, str]]:
@@ -247,17 +255,34 @@ def resolve_settings(cfg: BenchConfig, device: torch.device) -> tuple[Settings, 
         "channels_last": cfg.channels_last,
         "compile": cfg.compile,
         "fold_bn": cfg.fold_bn,
+        "replicas": cfg.replicas,
     }
     source = {k: ("flag" if v is not None else f"fast_defaults({device.type})") for k, v in chosen.items()}
     fast_fold = fast["fold_bn_infer"] and cfg.mode == "infer"
+    amp = chosen["amp"] if chosen["amp"] is not None else fast["amp"]
+    compile = fast["compile"] if cfg.compile is None else cfg.compile
+    replicas = 1
+    if cfg.mode == "train":
+        replicas, why = resolve_replicas(
+            "auto" if cfg.replicas is None else cfg.replicas,
+            device=device,
+            amp=amp,
+            batch_size=cfg.batch_size,
+            compile=compile,
+            world_size=1,
+        )
+        source["replicas"] = "flag" if cfg.replicas is not None else f"auto: {why}"
     settings = Settings(
-        amp=chosen["amp"] if chosen["amp"] is not None else fast["amp"],
+        amp=amp,
         channels_last=fast["channels_last"] if cfg.channels_last is None else cfg.channels_last,
-        compile=fast["compile"] if cfg.compile is None else cfg.compile,
+        compile=compile,
         fold_bn=fast_fold if cfg.fold_bn is None else cfg.fold_bn,
+        replicas=replicas,
     )
     if cfg.mode == "train":
         source["fold_bn"] = "n/a in train mode"
+    else:
+        source["replicas"] = "n/a in infer mode"
     return settings, source
 
 
@@ -279,7 +304,12 @@ def make_step(model: nn.Module, s: Settings, cfg: BenchConfig, in_chans: int, de
     )
     if cfg.mode == "train":  # the trainer's own step; its runtime compiles the forward when asked
         return build_train_step(
-            model, num_classes=cfg.num_classes, optimizer=cfg.optimizer, compile=s.compile, **common
+            model,
+            num_classes=cfg.num_classes,
+            optimizer=cfg.optimizer,
+            compile=s.compile,
+            replicas=s.replicas,
+            **common,
         )
     model.to(dev)
     if s.channels_last:
@@ -339,9 +369,18 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             notes.append(f"effv2 runs {PLAIN.describe()}, so '{ref.library} same flags' = '{ref.library} defaults'")
     padding = cfg.padding or card.spec.padding
     variants.insert(0, ("effv2", "effv2", f"{cfg.model} (padding={padding})", model, settings))
+    if settings.replicas > 1:  # what the replicas add, measured beside the rest (runtime/replicas.py)
+        one = replace(settings, replicas=1)
+        variants.insert(
+            1, ("effv2 1 replica", "effv2", f"{cfg.model} (padding={padding})", clone_for_variant(model), one)
+        )
 
     steps = {key: make_step(m, s, cfg, in_chans, dev) for key, _, _, m, s in variants}
-    timed = interleave(steps, batch_size=cfg.batch_size, n_steps=cfg.steps, warmup=cfg.warmup)
+    try:
+        timed = interleave(steps, batch_size=cfg.batch_size, n_steps=cfg.steps, warmup=cfg.warmup)
+    finally:
+        for step in steps.values():
+            getattr(step, "close", lambda: None)()  # a train step's replicas' threads
 
     results = []
     for key, lib, name, _, s in variants:
@@ -382,6 +421,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "channels_last": settings.channels_last,
             "compile": settings.compile,
             "fold_bn": settings.fold_bn,
+            "replicas": settings.replicas,
             "padding": padding,
         },
         "settings_source": source,

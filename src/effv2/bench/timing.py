@@ -103,11 +103,13 @@ def build_train_step(
     device: str | torch.device = "cpu",
     compile: bool = False,
     recipe: Any = None,
+    replicas: int = 1,
 ) -> Step:
     """A closure running one training step of ``model`` as the trainer runs it: the recipe's task
     (default ``classify``: forward + cross-entropy under autocast), backward through a GradScaler
     for fp16, clipping, the finiteness check, the optimizer step and the EMA update. ``recipe``
-    (default: ``Recipe(optimizer=optimizer)``) says which task, optimizer, EMA and clipping."""
+    (default: ``Recipe(optimizer=optimizer)``) says which task, optimizer, EMA and clipping; ``replicas``
+    cuts the batch into that many shards trained in parallel (runtime/replicas.py)."""
     from ..data.loader import Batch
     from ..training.build import build_parts, train_step
 
@@ -116,7 +118,7 @@ def build_train_step(
     autocast(amp, dev)  # validates amp
     rec = _recipe(recipe, optimizer)
     n_cls = _num_classes(model, num_classes)
-    runtime = Runtime(device=dev, amp=amp, channels_last=channels_last, compile=compile)
+    runtime = Runtime(device=dev, amp=amp, channels_last=channels_last, compile=compile, replicas=replicas)
     parts = build_parts(rec, model.train(), runtime)
     run_step = train_step(parts, runtime, rec)
     x = _batch(batch_size, in_chans, image_size, dev, channels_last)
@@ -127,6 +129,7 @@ def build_train_step(
         run_step(batches, 0, lr=lr)
         synchronize(dev)
 
+    step.close = run_step.close  # type: ignore[attr-defined]  # the replicas' worker threads, if any
     return step
 
 
@@ -197,6 +200,7 @@ def time_train_step(
     optimizer: str = "sgd",
     device: str | torch.device = "cpu",
     recipe: Any = None,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """Median seconds per training step (forward, loss, backward, optimizer step).
 
@@ -215,8 +219,12 @@ def time_train_step(
         optimizer=optimizer,
         device=device,
         recipe=recipe,
+        replicas=replicas,
     )
-    return measure(step, batch_size=batch_size, steps=steps, warmup=warmup)
+    try:
+        return measure(step, batch_size=batch_size, steps=steps, warmup=warmup)
+    finally:
+        step.close()  # type: ignore[attr-defined]
 
 
 def time_infer(

@@ -78,6 +78,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--optimizer", choices=("sgd", "adamw", "rmsprop_tf", "rmsprop"), default="sgd", help="train mode (default sgd)"
     )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        help="train mode: shards of the batch trained in parallel, one per core group (default: auto)",
+    )
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     return p
 
@@ -102,7 +107,7 @@ def print_report(r: dict) -> None:
     src = r["settings_source"]
     print(
         "effv2 settings: "
-        + ", ".join(f"{k}={s[k]} ({src[k]})" for k in ("amp", "channels_last", "compile", "fold_bn"))
+        + ", ".join(f"{k}={s[k]} ({src[k]})" for k in ("amp", "channels_last", "compile", "fold_bn", "replicas"))
         + f", padding={s['padding']}"
     )
     print(f"cost: {r['macs_per_img'] / 1e6:.1f} M MACs/img forward; {r['flop_note']}")
@@ -163,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         in_chans=args.in_chans,
         num_classes=args.num_classes,
         optimizer=args.optimizer,
+        replicas=args.replicas,
     )
     report = run_bench(cfg)
     if args.json:

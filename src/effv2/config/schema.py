@@ -147,6 +147,10 @@ class Recipe:
     # of 5 minutes or more on a CPU that computes bf16 natively tries it, and keeps it only when the
     # compiled plan has at least 1.05x the eager plan's steps (training/budget.py, compile_candidate)
     compile: Literal["auto"] | bool = False
+    # train a shard of each batch per CPU core, one thread each, in one process (runtime/replicas.py).
+    # "auto": as many as torch's intra-op threads on a CPU in fp32 (measured there), eager, one process,
+    # 16 images a shard at least; else 1. BatchNorm then normalises each shard by itself, as under DDP
+    replicas: Literal["auto"] | int = "auto"
     # -- progressive learning (schedule.py)
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     # -- data
@@ -203,6 +207,9 @@ class Recipe:
                 parse_duration(self.time_budget, "recipe key time_budget:")
             except UsageError as exc:
                 raise RecipeError("time_budget", str(exc).split(": ", 1)[-1]) from None
+        require(
+            self.replicas == "auto" or self.replicas >= 1, "replicas", "must be auto or an integer >= 1", self.replicas
+        )
         require(self.lr > 0, "lr", "must be > 0", self.lr)
         require(0 <= self.warmup_lr <= self.lr, "warmup_lr", f"must be in [0, lr={self.lr}]", self.warmup_lr)
         require(0 <= self.min_lr <= self.lr, "min_lr", f"must be in [0, lr={self.lr}]", self.min_lr)

@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 
 from ..errors import UsageError
+from ..runtime.replicas import local_generator
 
 NormLayer = Callable[[int], nn.Module]  # channels -> norm module
 ActLayer = Callable[[], nn.Module]
@@ -256,6 +257,35 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(s)
 
 
+class DropPath(StochasticDepth):
+    """torchvision's StochasticDepth ("row" mode) that draws from the calling thread's generator when
+    it has one: a replica's shard (runtime/replicas.py); otherwise torchvision's own, unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = local_generator()
+        if g is None or not self.training or self.p == 0.0:
+            return super().forward(x)
+        survival = 1.0 - self.p
+        size = [x.shape[0]] + [1] * (x.ndim - 1) if self.mode == "row" else [1] * x.ndim
+        noise = torch.empty(size, dtype=x.dtype, device=x.device)
+        noise.bernoulli_(survival, generator=g)
+        if survival > 0.0:
+            noise.div_(survival)
+        return x * noise
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout that draws from the calling thread's generator when it has one (as :class:`DropPath`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = local_generator()
+        if g is None or not self.training or self.p == 0.0:
+            return super().forward(x)
+        keep = 1.0 - self.p
+        mask = torch.empty_like(x).bernoulli_(keep, generator=g)
+        return x * (mask.div_(keep) if keep > 0.0 else mask)
+
+
 class _Residual(nn.Module):
     """Shared residual logic: identity shortcut with stochastic depth when shapes allow it."""
 
@@ -264,7 +294,7 @@ class _Residual(nn.Module):
     def _init_skip(self, in_ch: int, out_ch: int, stride: int, drop_path: float) -> None:
         self.has_skip = stride == 1 and in_ch == out_ch
         # Always a StochasticDepth on residual blocks (p = 0 is a no-op) so progressive learning can raise it.
-        self.drop_path = StochasticDepth(drop_path, "row") if self.has_skip else nn.Identity()
+        self.drop_path = DropPath(drop_path, "row") if self.has_skip else nn.Identity()
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.drop_path(y) + x if self.has_skip else y

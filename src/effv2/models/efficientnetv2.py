@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import blocks as _blocks
-from .blocks import BLOCKS, ActLayer, ConvBNAct, NormLayer, act_factory, norm_factory
+from .blocks import BLOCKS, ActLayer, ConvBNAct, Dropout, NormLayer, act_factory, norm_factory
 from .spec import ArchSpec, ModelCard
 
 
@@ -84,7 +84,7 @@ class EfficientNetV2(nn.Module):
         self.num_features = spec.head_channels
         self.head = ConvBNAct(in_ch, self.num_features, 1, **bn)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate)
+        self.dropout = Dropout(drop_rate)
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = FeatureInfo(_feature_points(spec, rows))
         self.features_only = bool(features_only)

@@ -12,6 +12,7 @@ timed for the search's reward or by ``effv2 bench`` runs exactly as training run
   inductor's cache in the user's cache folder, not /tmp (:mod:`.compile_cache`);
 - distributed: torchrun's environment (gloo on CPU, NCCL on CUDA), see :mod:`.distributed`;
 - deterministic mode, scoped: :func:`deterministic` restores the process-wide flags on exit;
+- replicas: on a CPU in fp32, a shard of each training batch per core in one process (:mod:`.replicas`);
 - threads: :func:`use_threads` sets torch's intra-op threads once, for a block, and restores them;
 - memory: on CPU, glibc's malloc keeps what a step frees for the next step (:mod:`.malloc`).
 """
@@ -30,6 +31,7 @@ from ..errors import UsageError
 from .compile_cache import use_persistent_compile_cache
 from .distributed import Dist, init_distributed
 from .malloc import keep_freed_memory
+from .replicas import resolve_replicas
 
 AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -118,6 +120,7 @@ class Runtime:
     channels_last: bool = False
     compile: bool = False
     dist: Dist = field(default_factory=Dist)
+    replicas: int = 1  # training steps: shards of the batch trained in parallel, one per core group
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
@@ -165,6 +168,7 @@ class Runtime:
             "amp": self.amp,
             "channels_last": self.channels_last,
             "compile": self.compile,
+            "replicas": self.replicas,
             "world_size": self.dist.world_size,
         }
 
@@ -177,21 +181,28 @@ def resolve_runtime(
     compile: bool = False,
     batch_size: int | None = None,
     distributed: bool = False,
+    replicas: str | int = 1,
 ) -> Runtime:
     """The policy for this process. ``distributed=True`` joins torchrun's process group (a no-op
-    when not launched by torchrun) and puts each rank on its own GPU."""
+    when not launched by torchrun) and puts each rank on its own GPU. ``replicas``: "auto" or a
+    count for training steps (:func:`.replicas.resolve_replicas`; 1 = one batch on all threads)."""
     dev = resolve_device(device)
     if dev.type == "cpu":
         keep_freed_memory()  # once per process: a CPU step's buffers stay mapped between steps (.malloc)
     dist = init_distributed(dev.type) if distributed else Dist()
     if dev.type == "cuda" and dist.enabled:
         dev = torch.device("cuda", dist.local_rank)
+    amp_mode = resolve_amp(amp, dev, batch_size)
+    n, _ = resolve_replicas(
+        replicas, device=dev, amp=amp_mode, batch_size=batch_size, compile=bool(compile), world_size=dist.world_size
+    )
     return Runtime(
         device=dev,
-        amp=resolve_amp(amp, dev, batch_size),
+        amp=amp_mode,
         channels_last=resolve_channels_last(channels_last, dev),
         compile=bool(compile),
         dist=dist,
+        replicas=n,
     )
 
 

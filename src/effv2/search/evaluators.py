@@ -175,15 +175,23 @@ class ProxyEvaluator:
     # -- the two measurements ---------------------------------------------------------------
     def execution(self) -> dict[str, Any]:
         """The trainer's execution settings for the proxy runs, resolved for this device (effv2.runtime):
-        ``{"amp": "none"|"bf16"|"fp16", "channels_last": bool, "optimizer": name, "task": name}``."""
+        ``{"amp": "none"|"bf16"|"fp16", "channels_last": bool, "replicas": n, "optimizer": name, "task": name}``
+        (replicas as a proxy run trains them, so the timed step S is the trained one)."""
         from ..runtime import resolve_runtime
 
         self._overrides()
         rec = self._recipe
-        rt = resolve_runtime(self._device(), amp=rec.amp, channels_last=rec.channels_last, batch_size=self.batch())
+        rt = resolve_runtime(
+            self._device(),
+            amp=rec.amp,
+            channels_last=rec.channels_last,
+            batch_size=self.batch(),
+            replicas=rec.replicas,
+        )
         return {
             "amp": rt.amp,
             "channels_last": rt.channels_last,
+            "replicas": rt.replicas,
             "optimizer": rec.optimizer,
             "task": getattr(rec, "task", "classify"),
         }
@@ -209,6 +217,7 @@ class ProxyEvaluator:
             amp=ex["amp"],
             channels_last=ex["channels_last"],
             recipe=self._recipe,
+            replicas=ex["replicas"],
         )
         self._steps[spec] = float(res["step_s"])  # the equal-time proxy plans from the same timing
         return float(res["step_s"])

@@ -70,6 +70,8 @@ def _resume_config(out: Path, epochs: int | None, given: dict[str, Any]) -> tupl
         )
     cfg = read_config(out)
     rec = recipe_from_dict(cfg["recipe"])
+    if "replicas" not in cfg["recipe"]:  # a run from before replicas trained one batch on all threads
+        rec = replace(rec, replicas=1)
     if epochs is not None and epochs != rec.epochs:
         rec = replace(rec, epochs=epochs, max_steps=0)  # a budget plan's step cap no longer applies
         cfg["recipe"] = recipe_to_dict(rec)
@@ -249,6 +251,7 @@ def _train(
         compile=rec.compile is True,  # "auto" is decided below, by measuring (a resumed run: already decided)
         batch_size=rec.batch_size,
         distributed=True,
+        replicas=rec.replicas,
     )
     dist = runtime.dist
     try:
@@ -257,9 +260,22 @@ def _train(
         try_compile, why = compile_candidate(
             rec.compile, device_type=runtime.device.type, amp=runtime.amp, budget_s=budget_s
         )
+        if try_compile and runtime.replicas > 1:  # replicas train eager: one of the two gives way
+            if rec.replicas == "auto":  # compiling is measured, the replicas' rule is not: compile is tried
+                runtime = replace(runtime, replicas=1)
+            elif rec.compile == "auto":  # the recipe asked for replicas; compile was only "auto"
+                try_compile = False
         if plan_from is not None and not resume:  # another run's plan: its budget and hard stop
             plan = _shared_recorded_plan(absolute(str(plan_from)), rec, bundle, dist)
             budget_s, try_compile = plan["budget_s"], False
+            # the source's replicas too: another count is another step (its shards' BN statistics)
+            if rec.replicas == "auto":
+                runtime = replace(runtime, replicas=plan["replicas"])
+            elif rec.replicas != plan["replicas"]:
+                raise UsageError(
+                    f"--plan-from {plan_from}: that run trained {plan['replicas']} replica(s) a step; this one "
+                    f"asks for replicas={rec.replicas} (leave replicas auto to train as that run did)"
+                )
             if dist.is_main and not quiet:
                 print(f"plan: the one recorded in {plan['from']} (not measured here)", flush=True)
         elif budget_s is not None:
@@ -351,6 +367,13 @@ def _train(
                     )
         elif rec.compile == "auto":
             rec = replace(rec, compile=try_compile)  # recorded as decided, so --resume runs the same way
+        if rec.compile is True and runtime.replicas > 1:  # decided by the plan or its source: replicas give way
+            if rec.replicas != "auto":
+                raise UsageError(
+                    f"replicas={rec.replicas}: replicas train eager, and this run compiles (compile: false)"
+                )
+            runtime = replace(runtime, replicas=1)
+        rec = replace(rec, replicas=runtime.replicas)  # recorded as decided, so --resume runs the same way
         runtime = replace(runtime, compile=rec.compile is True)
         if dist.is_main:
             if resume:

@@ -582,4 +582,10 @@ def recorded_plan(
     stop = recipe.get("time_budget_s")
     if not isinstance(stop, (int, float)) or stop <= 0:
         raise UsageError(f"{path}: its recipe has no time_budget_s (the hard stop of a budgeted run)")
-    return {**plan, "from": str(folder), "hard_stop_s": float(stop)}
+    replicas = cfg["recipe"].get("replicas", 1)  # a run recorded before the key trained one batch on all threads
+    return {
+        **plan,
+        "from": str(folder),
+        "hard_stop_s": float(stop),
+        "replicas": replicas if isinstance(replicas, int) else 1,
+    }

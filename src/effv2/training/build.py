@@ -25,6 +25,7 @@ from ..data.streams import Augment, Stream
 from ..errors import UsageError
 from ..models import create_model
 from ..runtime import Runtime
+from ..runtime.replicas import replicable
 from .ema import make_ema
 from .optim import OptimizerConfig, build_optimizer
 from .step import TrainStep
@@ -161,5 +162,11 @@ def train_step(parts: Parts, runtime: Runtime, recipe: Any) -> TrainStep:
     """The one training step over ``parts``; binds the task to the DDP / compiled forward."""
     parts.task.bind(runtime.wrap(parts.model), runtime)
     return TrainStep(
-        parts.task, parts.optimizer, runtime, grad_clip=recipe.grad_clip, scaler=parts.scaler, ema=parts.ema
+        parts.task,
+        parts.optimizer,
+        runtime,
+        grad_clip=recipe.grad_clip,
+        scaler=parts.scaler,
+        ema=parts.ema,
+        replicas=runtime.replicas if replicable(parts.task) else 1,
     )

@@ -2,6 +2,8 @@
 
     task(batches, step) -> {"loss", parts...}      forward under the runtime's autocast (the task's job)
     zero_grad -> backward (GradScaler for fp16) -> unscale -> clip the global grad norm
+      (replicas > 1: forward and backward of a shard per replica in parallel, runtime/replicas.py,
+       the gradients summed into the task's before the clip)
     one host transfer: loss, parts, grad norm     the finiteness check must precede the step
     any rank non-finite -> skip on every rank     (the scaler still updates, so fp16 can back off)
     optimizer step (through the scaler) -> EMA update -> task.after_step
@@ -22,6 +24,7 @@ from torch import nn
 
 from ..runtime import Runtime
 from ..runtime.distributed import any_true
+from ..runtime.replicas import Replicas
 from .tasks import Task
 
 
@@ -48,6 +51,7 @@ class TrainStep:
         grad_clip: float = 0.0,
         scaler: torch.amp.GradScaler | None = None,
         ema: nn.Module | None = None,
+        replicas: int = 1,
     ) -> None:
         self.task, self.optimizer, self.runtime = task, optimizer, runtime
         self.scaler, self.ema = scaler, ema
@@ -58,6 +62,14 @@ class TrainStep:
         # are snapshot each step and put back when the step is skipped, so a bad batch leaves no trace.
         self.buffers = list(task.buffers())
         self._saved = [b.detach().clone() for b in self.buffers]
+        if replicas > 1 and scaler is not None:
+            raise ValueError("replicas train without a GradScaler (fp16 is a GPU mode)")
+        self.replicas = Replicas(task, replicas) if replicas > 1 else None
+
+    def close(self) -> None:
+        """Stop the replicas' worker threads (a no-op without replicas; also done when collected)."""
+        if self.replicas is not None:
+            self.replicas.close()
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:
@@ -68,16 +80,20 @@ class TrainStep:
             self.set_lr(lr)
         if self.buffers:
             torch._foreach_copy_(self._saved, self.buffers)
-        out = self.task(batches, index)
-        if "loss" not in out:
-            raise KeyError(f"task {self.task.name}: forward() must return a 'loss'")
-        loss = out["loss"]
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
+        if self.replicas is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self.replicas.forward_backward(batches, index)
         else:
-            loss.backward()
+            out = self.task(batches, index)
+            if "loss" not in out:
+                raise KeyError(f"task {self.task.name}: forward() must return a 'loss'")
+            loss = out["loss"]
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
         names = list(out)
         values = torch.stack(

@@ -385,7 +385,7 @@ class Trainer(RunEnd):
             f"training {self.info.model_name} ({count_params(self.model):,} params) on {self.bundle.source}: "
             f"{len(self.bundle.train):,} images, {len(self.bundle.classes)} classes, {r.epochs} epochs, "
             f"batch {r.batch_size}, task {self.parts.task.name}, amp {rt.amp_dtype or 'off'}, "
-            f"channels_last {rt.channels_last}, world {self.dist.world_size}"
+            f"channels_last {rt.channels_last}, replicas {rt.replicas}, world {self.dist.world_size}"
         )
         if self.is_main and self.bundle.skipped:
             self._note_skipped(self.bundle.skipped)

@@ -28,6 +28,12 @@ class Task(nn.Module):
 
     name: ClassVar[str] = "task"
     streams: ClassVar[tuple[str, ...]] = ("labelled",)  # the data streams forward() reads
+    # whether a step may cut the batch into shards trained by copies of this task in parallel
+    # (runtime/replicas.py): the copies share the parameters and follow the buffers and plain attributes
+    # each step; a task whose loss is not a mean over the batch's rows, or that keeps other state
+    # changed in forward(), sets this False. Randomness in forward() must come from
+    # runtime.replicas.local_generator() when it is set
+    replicable: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
