@@ -6,9 +6,10 @@ channels (ATen's channels-last kernels share cache lines between the threads, be
 small depthwise convolutions, elementwise ops on 16x16 maps, and a thread wake-up per op. Giving each
 core its own half of the batch instead, one thread each, keeps both cores busy with whole ops.
 fp32, channels_last, 2-core Zen 3 (AVX2), this step against one batch on 2 threads, interleaved in one
-process: the demo's model at 28 px batch 256 1.18x the img/s, efficientnetv2_b0 at 128 px batch 32
-1.09x; a 10-minute demo run planned 1.23x the steps and trained 14-15% more (benchmarks/RESULTS.md,
-"Replicas across cores").
+process (``effv2 bench --mode train``, its "effv2 1 replica" row): the demo's model at 28 px batch 256
+1.14x the img/s, efficientnetv2_b0 at 128 px batch 32 1.02-1.07x; a 10-minute demo run trained 14-15%
+more steps (benchmarks/RESULTS.md, "Replicas across cores" and "effv2 bench against timm on the Zen 3
+with replicas").
 
 How a replicated step runs (:class:`Replicas`, called by training/step.py):
 
@@ -57,6 +58,12 @@ _local = threading.local()
 
 
 # -- randomness per shard ---------------------------------------------------------------------------
+def recorded_replicas(recipe: Mapping[str, Any]) -> int:
+    """The count a recorded run (config.json's recipe) trained: a run from before the key, one."""
+    n = recipe.get("replicas", 1)
+    return n if isinstance(n, int) else 1
+
+
 def local_generator() -> torch.Generator | None:
     """The generator this thread's stochastic layers draw from (None: torch's global one)."""
     return getattr(_local, "generator", None)
@@ -110,7 +117,7 @@ def resolve_replicas(
     n = min(threads, (batch_size or 0) // MIN_SHARD)
     if n < 2:
         return 1, f"one: batch {batch_size} under {2 * MIN_SHARD} ({MIN_SHARD} images a replica at least)"
-    return n, f"{n}: fp32 on {threads} threads, a shard of the batch per core (1.09-1.18x on a 2-core Zen 3)"
+    return n, f"{n}: fp32 on {threads} threads, a shard of the batch per core (1.02-1.14x on a 2-core Zen 3)"
 
 
 # -- cutting a batch --------------------------------------------------------------------------------
@@ -313,4 +320,12 @@ def replicable(task: nn.Module) -> bool:
     return bool(getattr(task, "replicable", True))
 
 
-__all__: Sequence[str] = ("MIN_SHARD", "Replicas", "local_generator", "replicable", "resolve_replicas", "shard_batches")
+__all__: Sequence[str] = (
+    "MIN_SHARD",
+    "Replicas",
+    "local_generator",
+    "recorded_replicas",
+    "replicable",
+    "resolve_replicas",
+    "shard_batches",
+)

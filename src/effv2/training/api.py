@@ -28,6 +28,7 @@ from ..runtime import compile_cache, resolve_runtime
 from ..runtime import deterministic as deterministic_mode
 from ..runtime.distributed import barrier, cleanup, gather_objects
 from ..runtime.malloc import keep_freed_memory
+from ..runtime.replicas import recorded_replicas
 from .budget import (
     compile_candidate,
     fallback_progressive,
@@ -70,8 +71,7 @@ def _resume_config(out: Path, epochs: int | None, given: dict[str, Any]) -> tupl
         )
     cfg = read_config(out)
     rec = recipe_from_dict(cfg["recipe"])
-    if "replicas" not in cfg["recipe"]:  # a run from before replicas trained one batch on all threads
-        rec = replace(rec, replicas=1)
+    rec = replace(rec, replicas=recorded_replicas(cfg["recipe"]))  # a run from before the key: 1
     if epochs is not None and epochs != rec.epochs:
         rec = replace(rec, epochs=epochs, max_steps=0)  # a budget plan's step cap no longer applies
         cfg["recipe"] = recipe_to_dict(rec)

@@ -48,6 +48,7 @@ from ..data.streams import StepContext, train_steps
 from ..errors import UsageError
 from ..runtime import Runtime, synchronize
 from ..runtime.distributed import gather_objects
+from ..runtime.replicas import recorded_replicas
 from .evaluate import evaluate
 from .lr import warmup_steps
 from .run_folder import fingerprint_changes, read_config
@@ -582,10 +583,9 @@ def recorded_plan(
     stop = recipe.get("time_budget_s")
     if not isinstance(stop, (int, float)) or stop <= 0:
         raise UsageError(f"{path}: its recipe has no time_budget_s (the hard stop of a budgeted run)")
-    replicas = cfg["recipe"].get("replicas", 1)  # a run recorded before the key trained one batch on all threads
     return {
         **plan,
         "from": str(folder),
         "hard_stop_s": float(stop),
-        "replicas": replicas if isinstance(replicas, int) else 1,
+        "replicas": recorded_replicas(cfg["recipe"]),  # a run recorded before the key: 1
     }

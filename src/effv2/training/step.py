@@ -80,8 +80,7 @@ class TrainStep:
             self.set_lr(lr)
         if self.buffers:
             torch._foreach_copy_(self._saved, self.buffers)
-        if self.replicas is not None:
-            self.optimizer.zero_grad(set_to_none=True)
+        if self.replicas is not None:  # zeroes the task's gradients itself
             out = self.replicas.forward_backward(batches, index)
         else:
             out = self.task(batches, index)
